@@ -1,0 +1,123 @@
+"""``crm-pulse`` command line: dev stack, worker, simulator, config check, roster import."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from app.settings import Settings
+
+
+def _cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
+    from app.devstack import run_dev
+
+    return run_dev(settings, simulator=not args.no_simulator, rate=args.rate)
+
+
+def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from app.worker import run_worker
+
+    return run_worker(settings)
+
+
+def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from app.simulator import run_simulator
+
+    return run_simulator(
+        settings,
+        rate=args.rate,
+        count=args.count,
+        backfill=args.backfill,
+        seed=args.seed,
+        write_roster=not args.no_roster,
+    )
+
+
+def _cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
+    from app.config import ConfigError, load_config
+
+    path = args.file or settings.config
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{path}: {len(exc.problems)} problem(s); fix them and run check-config again",
+              file=sys.stderr)
+        return 1
+    print(f"{path}: OK ({len(config.kpis)} KPIs, {len(config.roles)} roles, "
+          f"periods: {', '.join(config.periods)})")
+    return 0
+
+
+def _cmd_roster_import(args: argparse.Namespace, settings: Settings) -> int:
+    from app.roster import RosterError, import_csv
+
+    try:
+        sent = import_csv(Path(args.file), settings)
+    except RosterError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    print(f"roster: {sent} profile(s) written to {settings.topics.roster}")
+    return 0
+
+
+def _cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
+    from schemas.files import write_schema_files
+
+    for path in write_schema_files(Path(args.out) if args.out else None):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crm-pulse", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="embedded broker + Redis + worker + simulator, one command")
+    dev.add_argument("--no-simulator", action="store_true", help="do not start the simulator")
+    dev.add_argument("--rate", type=float, default=5.0, help="simulated events per second")
+    dev.set_defaults(handler=_cmd_dev)
+
+    worker = sub.add_parser("worker", help="run a stream worker with its web server")
+    worker.set_defaults(handler=_cmd_worker)
+
+    sim = sub.add_parser("simulate", help="produce a realistic office day to any broker")
+    sim.add_argument("--rate", type=float, default=5.0, help="events per second (live mode)")
+    sim.add_argument("--count", type=int, default=None, help="stop after this many events")
+    sim.add_argument("--backfill", action="store_true",
+                     help="first write today's events from working-day start until now")
+    sim.add_argument("--seed", type=int, default=7, help="random seed (same seed, same office)")
+    sim.add_argument("--no-roster", action="store_true", help="do not write the roster first")
+    sim.set_defaults(handler=_cmd_simulate)
+
+    check = sub.add_parser("check-config", help="validate a KPI model YAML file")
+    check.add_argument("file", nargs="?", help="defaults to CRM_PULSE_CONFIG")
+    check.set_defaults(handler=_cmd_check_config)
+
+    roster = sub.add_parser("roster", help="roster tools")
+    roster_sub = roster.add_subparsers(dest="roster_command", required=True)
+    imp = roster_sub.add_parser("import", help="load a roster CSV into crm.roster")
+    imp.add_argument("file", help="CSV with a header row (see docs/roster.md)")
+    imp.set_defaults(handler=_cmd_roster_import)
+
+    schemas = sub.add_parser("schemas", help="write the JSON Schema files of every topic")
+    schemas.add_argument("--out", help="folder (default: the schemas package)")
+    schemas.set_defaults(handler=_cmd_schemas)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return int(args.handler(args, settings) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""The KPI model (YAML): KPIs, periods, targets per role, teams, calendar, ingest rules.
+
+``load_config`` validates the file and reports every problem with its line number, which
+is what ``crm-pulse check-config`` prints.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+PeriodKind = Literal["hour", "day", "week", "month", "quarter", "year", "rolling_7d", "rolling_30d"]
+CALENDAR_PERIODS: tuple[str, ...] = ("hour", "day", "week", "month", "quarter", "year")
+ROLLING_DAYS: dict[str, int] = {"rolling_7d": 7, "rolling_30d": 30}
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_NAME = r"^[a-z][a-z0-9_]*$"
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Accept ``90s``, ``15m``, ``1h``, ``7d``, ``2w`` or a number of seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 15m, 1h, 7d, 2w)")
+    return timedelta(seconds=float(match[1]) * _DURATION_UNITS[match[2]])
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def _check_timezone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown IANA timezone {name!r}") from exc
+    return name
+
+
+TimeZoneName = Annotated[str, BeforeValidator(_check_timezone)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KpiDef(_Strict):
+    """One KPI. Exactly one of ``count``, ``sum``, ``distinct`` or ``ratio``.
+
+    - ``count: [call, meeting]`` counts events of those types;
+    - ``sum: amount`` with ``types: [opportunity_won]`` sums a numeric field;
+    - ``distinct: feature`` counts distinct values of a field;
+    - ``ratio: [won_deals, closed_deals]`` divides two other KPIs (computed on read).
+    """
+
+    title: str | None = None
+    count: list[str] | None = None
+    sum: str | None = None
+    distinct: str | None = None
+    ratio: tuple[str, str] | None = None
+    types: list[str] | None = Field(None, description="Event types that feed sum/distinct.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> KpiDef:
+        kinds = [k for k in ("count", "sum", "distinct", "ratio") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("a KPI needs exactly one of count, sum, distinct, ratio")
+        if self.count is not None and self.types is not None:
+            raise ValueError("count lists its types itself; drop 'types'")
+        return self
+
+    @property
+    def kind(self) -> str:
+        for kind in ("count", "sum", "distinct", "ratio"):
+            if getattr(self, kind) is not None:
+                return kind
+        raise AssertionError("validated")  # pragma: no cover
+
+    @property
+    def source_types(self) -> frozenset[str] | None:
+        """Event types this KPI reads; ``None`` means every type."""
+        wanted = self.count if self.count is not None else self.types
+        return frozenset(wanted) if wanted is not None else None
+
+
+Targets = dict[str, dict[PeriodKind, float]]
+
+
+class RoleDef(_Strict):
+    title: str | None = None
+    targets: Targets = Field(default_factory=dict, description="kpi -> period -> target")
+
+
+class TeamDef(_Strict):
+    name: str | None = None
+    office_id: str | None = None
+    timezone: TimeZoneName | None = None
+    targets: Targets = Field(default_factory=dict)
+
+
+class Calendar(_Strict):
+    working_days: list[Literal[WEEKDAYS]] = list(WEEKDAYS[:5])  # type: ignore[valid-type]
+    holidays: list[date] = Field(default_factory=list)
+
+
+class RosterRules(_Strict):
+    strict: bool = Field(False, description="Reject events of users not in the roster.")
+
+
+class Retention(_Strict):
+    """How long buckets of each period kind are kept (relative to now)."""
+
+    hour: Duration = timedelta(days=3)
+    day: Duration = timedelta(days=40)
+    week: Duration = timedelta(days=120)
+    month: Duration = timedelta(days=400)
+    quarter: Duration = timedelta(days=800)
+    year: Duration = timedelta(days=800)
+
+
+class PulseConfig(_Strict):
+    """The whole KPI model file."""
+
+    timezone: TimeZoneName = Field("UTC", description="For users without one in the roster.")
+    team_timezone: TimeZoneName = Field("UTC", description="Default timezone of team periods.")
+    week_start: Literal[WEEKDAYS] = "monday"  # type: ignore[valid-type]
+    periods: list[PeriodKind] = ["hour", "day", "week", "month", "rolling_7d", "rolling_30d"]
+    grace: Duration = Field(timedelta(hours=1), description="Lateness allowed after a day ends.")
+    dedup_horizon: Duration = Field(timedelta(days=7), description="Duplicate event_id window.")
+    retention: Retention = Retention()
+    roster: RosterRules = RosterRules()
+    type_aliases: dict[str, str] = Field(default_factory=dict)
+    kpis: dict[Annotated[str, Field(pattern=_NAME)], KpiDef]
+    roles: dict[str, RoleDef] = Field(default_factory=dict)
+    teams: dict[str, TeamDef] = Field(default_factory=dict)
+    calendar: Calendar = Calendar()
+    achievements: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("periods")
+    @classmethod
+    def _days_for_rolling(cls, periods: list[str]) -> list[str]:
+        if any(p in ROLLING_DAYS for p in periods) and "day" not in periods:
+            raise ValueError("rolling periods are built from days: add 'day'")
+        return periods
+
+    @model_validator(mode="after")
+    def _references(self) -> PulseConfig:
+        for name, kpi in self.kpis.items():
+            if kpi.ratio is not None:
+                for part in kpi.ratio:
+                    if part not in self.kpis or self.kpis[part].ratio is not None:
+                        raise ValueError(f"kpis.{name}.ratio: {part!r} is not a count/sum KPI")
+        for owner, targets in [(f"roles.{r}", d.targets) for r, d in self.roles.items()] + [
+            (f"teams.{t}", d.targets) for t, d in self.teams.items()
+        ]:
+            for kpi_name, per_period in targets.items():
+                if kpi_name not in self.kpis:
+                    raise ValueError(f"{owner}.targets: unknown KPI {kpi_name!r}")
+                for period in per_period:
+                    if period not in self.periods:
+                        raise ValueError(f"{owner}.targets.{kpi_name}: period {period!r} unused")
+        return self
+
+    @property
+    def calendar_periods(self) -> tuple[str, ...]:
+        return tuple(p for p in CALENDAR_PERIODS if p in self.periods)
+
+
+class ConfigError(ValueError):
+    """A config file problem list, each line ``file:line: path: message``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def load_config(path: Path | str) -> PulseConfig:
+    """Load and validate a KPI model file; raise :class:`ConfigError` with line numbers."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    return parse_config(text, str(path))
+
+
+def parse_config(text: str, origin: str = "<config>") -> PulseConfig:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f"{mark.line + 1}" if mark else "?"
+        raise ConfigError([f"{origin}:{line}: YAML syntax: {exc}"]) from exc
+    if not isinstance(data, dict):
+        raise ConfigError([f"{origin}:1: the file must be a mapping with at least 'kpis'"])
+    try:
+        return PulseConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = _line_index(node)
+        problems = []
+        for error in exc.errors():
+            loc = tuple(str(part) for part in error["loc"])
+            line = _nearest_line(lines, loc)
+            where = ".".join(loc) or "(top level)"
+            problems.append(f"{origin}:{line}: {where}: {error['msg']}")
+        raise ConfigError(problems) from exc
+
+
+def _line_index(node: yaml.Node | None, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
+    """Map each YAML path (keys and list indexes as strings) to its 1-based line."""
+    index: dict[tuple[str, ...], int] = {}
+    if node is None:
+        return index
+    index[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            child = (*path, str(key_node.value))
+            index.update(_line_index(value_node, child))
+            index[child] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            index.update(_line_index(item, (*path, str(i))))
+    return index
+
+
+def _nearest_line(lines: dict[tuple[str, ...], int], loc: tuple[str, ...]) -> int:
+    """Line of the deepest existing prefix of ``loc`` (pydantic adds model-level parts)."""
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return 1

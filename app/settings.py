@@ -1,0 +1,82 @@
+"""The one typed settings object: service settings from env vars, the KPI model from YAML.
+
+Every process (worker, web, CLI, simulator) builds a :class:`Settings` once and passes it
+down; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.config import PulseConfig, load_config
+
+DEFAULT_CONFIG = Path(__file__).parent / "defaults" / "pulse.yaml"
+
+
+class Topics:
+    """Topic names, with the configured prefix applied."""
+
+    def __init__(self, prefix: str) -> None:
+        self.activities = f"{prefix}crm.activities"
+        self.dlq = f"{prefix}crm.activities.dlq"
+        self.roster = f"{prefix}crm.roster"
+        self.achievements = f"{prefix}crm.achievements"
+        self.alerts = f"{prefix}crm.kpi.alerts"
+
+    def all(self) -> list[str]:
+        return [self.activities, self.dlq, self.roster, self.achievements, self.alerts]
+
+
+class Settings(BaseSettings):
+    """Service settings. Env vars use the ``CRM_PULSE_`` prefix (``CRM_PULSE_KAFKA``, ...)."""
+
+    model_config = SettingsConfigDict(env_prefix="CRM_PULSE_", frozen=True, extra="ignore")
+
+    kafka: str = Field("kafka://127.0.0.1:9092", description="Broker URL(s), faust style.")
+    redis: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (serving layer).")
+    web_host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
+    web_port: int = Field(6066, description="HTTP port of this worker.")
+    config: Path = Field(DEFAULT_CONFIG, description="KPI model YAML (see docs/config.md).")
+    topic_prefix: str = Field("", description="Prefix for every topic name, e.g. 'acme.'.")
+    app_id: str = Field("crm-pulse", description="Faust app id = consumer group + table prefix.")
+    partitions: int = Field(8, ge=1, description="Partitions for topics created on start.")
+    replication: int = Field(1, ge=1, description="Replication factor for created topics.")
+    data_dir: Path = Field(Path(".crm-pulse"), description="Worker data directory.")
+    max_body_bytes: int = Field(1_048_576, description="Largest accepted webhook body.")
+    max_event_bytes: int = Field(65_536, description="Largest accepted single event.")
+    batch_max: int = Field(10_000, description="Most records taken per processing batch.")
+    batch_within_s: float = Field(0.05, description="Longest wait to fill a batch (latency).")
+    send_timeout_s: float = Field(10.0, description="Webhook wait for broker acknowledgement.")
+    generic_webhook_secret: SecretStr | None = Field(
+        None, description="HMAC secret for /webhooks/generic (unset: unsigned, local dev)."
+    )
+    log_level: str = Field("info", description="Worker log level.")
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``CRM_PULSE_*`` variables, for child processes."""
+        env = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"CRM_PULSE_{name.upper()}"] = str(value)
+        return env
+
+    @property
+    def web_url(self) -> str:
+        return f"http://{self.web_host}:{self.web_port}"
+
+    @cached_property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+    @cached_property
+    def pulse(self) -> PulseConfig:
+        """The KPI model, loaded and validated from :attr:`config`."""
+        return load_config(self.config)

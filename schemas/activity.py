@@ -1,0 +1,168 @@
+"""The canonical activity event: field rules, a fast validator and its JSON Schema.
+
+One table (:data:`FIELDS`) drives both the validator and the JSON Schema file
+(``schemas/crm.activities.schema.json``), so the two cannot drift apart. Decoding is
+orjson into a dict plus hand-checked fields: unknown fields are kept as they are, and
+each rejection names the first failing field (``schema:<field>``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+ACTIONS = ("created", "updated", "completed", "deleted", "reassigned")
+_IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_MIN_YEAR, _MAX_YEAR = 2000, 2100
+
+
+class Rejection(Exception):
+    """An event that cannot be accepted; ``reason`` is machine-readable."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Field:
+    """One canonical field: its JSON Schema and the Python check that mirrors it."""
+
+    name: str
+    schema: dict[str, Any]
+    required: bool = False
+
+
+def _text(max_length: int = 200, **extra: Any) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": max_length, **extra}
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("event_id", _text(200, description="Source-unique id; the dedup key."), True),
+    Field(
+        "occurred_at",
+        {
+            "type": "string",
+            "format": "date-time",
+            "description": "RFC 3339 with an offset (Z or +hh:mm), years 2000-2100.",
+        },
+        True,
+    ),
+    Field("user_id", _text(200, description="CRM Pulse user id; the partition key."), True),
+    Field("type", _text(64, description="call, meeting, email, ... (aliases normalised)."), True),
+    Field("team_id", _text(200)),
+    Field("feature", _text(100, description="CRM function used (first-use flags).")),
+    Field("source", _text(64, description="dynamics365, salesforce, hubspot, pipedrive, ...")),
+    Field("amount", {"type": "number", "minimum": -1e15, "maximum": 1e15}),
+    Field("currency", {"type": "string", "pattern": _CURRENCY.pattern}),
+    Field("duration_s", {"type": "number", "minimum": 0, "maximum": 31_536_000}),
+    Field("quality", {"type": "number", "minimum": 0, "maximum": 1}),
+    Field("attributes", {"type": "object"}),
+    Field("record_type", _text(100)),
+    Field("record_id", _text(200)),
+    Field("action", {"type": "string", "enum": list(ACTIONS), "default": "created"}),
+)
+_BY_NAME = {f.name: f for f in FIELDS}
+REQUIRED = tuple(f.name for f in FIELDS if f.required)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of one canonical activity event (unknown fields allowed)."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "crm-pulse/crm.activities.event",
+        "title": "Canonical CRM activity event",
+        "type": "object",
+        "required": list(REQUIRED),
+        "properties": {f.name: f.schema for f in FIELDS},
+        "additionalProperties": True,
+    }
+
+
+def parse_timestamp(value: Any, field: str = "occurred_at") -> float:
+    """RFC 3339 with an offset -> POSIX seconds; raise :class:`Rejection` otherwise."""
+    if not isinstance(value, str) or len(value) > 40:
+        raise Rejection(f"schema:{field}", f"{field} must be an RFC 3339 string")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise Rejection(f"schema:{field}", f"{field} is not an RFC 3339 date-time") from None
+    if moment.tzinfo is None:
+        raise Rejection(f"schema:{field}", f"{field} needs an offset, e.g. Z or +01:00")
+    if not _MIN_YEAR <= moment.year <= _MAX_YEAR:
+        raise Rejection(f"schema:{field}", f"{field} year must be {_MIN_YEAR}-{_MAX_YEAR}")
+    return moment.timestamp()
+
+
+def _check_field(field: Field, value: Any) -> None:
+    schema = field.schema
+    kind = schema["type"]
+    if kind == "string":
+        ok = isinstance(value, str) and schema.get("minLength", 0) <= len(value) <= schema.get(
+            "maxLength", 10_000
+        )
+        if ok and "enum" in schema:
+            ok = value in schema["enum"]
+        if ok and field.name == "currency":
+            ok = _CURRENCY.match(value) is not None
+        expected = "one of " + ", ".join(schema["enum"]) if "enum" in schema else "a string"
+    elif kind == "number":
+        ok = (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and schema["minimum"] <= value <= schema["maximum"]
+        )
+        expected = f"a number in [{schema['minimum']:g}, {schema['maximum']:g}]"
+    else:
+        ok = isinstance(value, dict)
+        expected = "an object"
+    if not ok:
+        raise Rejection(f"schema:{field.name}", f"{field.name} must be {expected}")
+
+
+def validate_event(event: Any) -> dict[str, Any]:
+    """Check one decoded event against :data:`FIELDS`; return it with defaults filled in."""
+    if not isinstance(event, dict):
+        raise Rejection("schema:event", "an event must be a JSON object")
+    for name in REQUIRED:
+        if name not in event or event[name] is None:
+            raise Rejection(f"schema:{name}", f"missing required field {name}")
+    for name, value in event.items():
+        field = _BY_NAME.get(name)
+        if field is None or (value is None and not field.required):
+            continue
+        _check_field(field, value)
+    parse_timestamp(event["occurred_at"])
+    event.setdefault("action", "created")
+    event.setdefault("source", "generic")
+    return event
+
+
+def decode_events(raw: bytes) -> list[Any]:
+    """Decode a record: one event object or a JSON array of them (elements unchecked)."""
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Rejection("invalid_json", f"not valid JSON: {exc}") from None
+    if isinstance(payload, list):
+        if not payload:
+            raise Rejection("schema:event", "an empty array carries no event")
+        return payload
+    return [payload]
+
+
+def normalise_type(raw_type: str, aliases: dict[str, str]) -> str:
+    """Lower-case, map aliases, and insist on an identifier (``call``, ``case_resolved``)."""
+    name = raw_type.strip().lower().replace("-", "_").replace(" ", "_")
+    name = aliases.get(raw_type.strip().lower(), aliases.get(name, name))
+    if not _IDENTIFIER.match(name):
+        raise Rejection("schema:type", "type must be a lower-case identifier like 'call'")
+    return name
