@@ -77,6 +77,9 @@ class KpiDef(_Strict):
     distinct: str | None = None
     ratio: tuple[str, str] | None = None
     types: list[str] | None = Field(None, description="Event types that feed sum/distinct.")
+    actions: list[Literal["created", "updated", "completed", "deleted", "reassigned"]] = Field(
+        ["created"], description="Record actions that count (corrections come from the ledger)."
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> KpiDef:

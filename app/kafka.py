@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
 
@@ -45,10 +46,8 @@ def ensure_topics(settings: Settings) -> None:
         existing = set(admin.list_topics())
         missing = [t for t in wanted if t.name not in existing]
         for topic in missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
                 admin.create_topics([topic])
-            except TopicAlreadyExistsError:
-                pass
         if missing:
             logger.info("created topics: %s", ", ".join(t.name for t in missing))
     finally:

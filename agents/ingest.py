@@ -1,0 +1,268 @@
+"""Ingest one batch of ``crm.activities`` records: validate, normalise, dedup, fold.
+
+Pure logic over plain data: the Faust agent hands in records and a table reader and
+writes back what :meth:`Ingestor.fold` returns. Exactness without broker transactions
+rests on two rules applied here:
+
+- every bucket carries ``o``, the highest source offset already applied to it; a record at
+  or below it is a replay and leaves that bucket alone (checked against the stored value,
+  so that several events of one record all apply within a batch);
+- the ``seen`` buckets remember, per user and arrival day, where each ``event_id`` was
+  first read (``offset * MAX_EVENTS_PER_RECORD + index``); the same id read again at any
+  other position within the horizon is a duplicate delivery.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+from agents.kpis import KpiFolder, new_bucket
+from agents.periods import Calendar, zone
+from app.config import PulseConfig
+from schemas.activity import Rejection, decode_events, normalise_type, validate_event
+
+logger = logging.getLogger(__name__)
+
+MAX_EVENTS_PER_RECORD = 100_000
+_DAY = 86_400
+
+
+@dataclass(frozen=True)
+class Record:
+    """The parts of a consumed Kafka record that ingest needs."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float  # seconds; the broker/producer time the record arrived
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    """What ingest needs from a roster profile."""
+
+    team_id: str | None
+    timezone: str | None
+
+
+@dataclass
+class BatchResult:
+    """Table writes (key -> new value), DLQ records and re-keyed forwards of one batch."""
+
+    writes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dead_letters: list[tuple[bytes, bytes]] = field(default_factory=list)
+    forwards: list[tuple[bytes, bytes]] = field(default_factory=list)
+    applied: int = 0
+    duplicates: int = 0
+    replayed: int = 0
+
+
+def user_key(period_key: str, user_id: str) -> str:
+    return f"u|{period_key}|{user_id}"
+
+
+def team_key(period_key: str, partition: int, team_id: str) -> str:
+    return f"t|{period_key}|{partition}|{team_id}"
+
+
+def seen_key(arrival_day: int, user_id: str) -> str:
+    return f"s|{arrival_day}|{user_id}"
+
+
+def event_digest(event_id: str) -> str:
+    return hashlib.blake2b(event_id.encode(), digest_size=8).hexdigest()
+
+
+def dead_letter(record: Record, rejection: Rejection, index: int | None,
+                original: bytes, source: str = "unknown") -> tuple[bytes, bytes]:
+    """A ``crm.activities.dlq`` record (key = source) for one rejected record or element."""
+    position = f"{record.topic}:{record.partition}:{record.offset}"
+    value = {
+        "dlq_id": position if index is None else f"{position}:{index}",
+        "reason": rejection.reason,
+        "message": rejection.message,
+        "source": source,
+        "received_at": datetime.fromtimestamp(record.timestamp, timezone.utc).isoformat(),
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "index": index,
+        "original_b64": base64.b64encode(original).decode(),
+    }
+    return source.encode(), orjson.dumps(value)
+
+
+class Ingestor:
+    """Validates and folds batches; configured once per worker."""
+
+    def __init__(self, config: PulseConfig, max_event_bytes: int,
+                 roster: Callable[[str], UserInfo | None]) -> None:
+        self.config = config
+        self.max_event_bytes = max_event_bytes
+        self.roster = roster
+        self.kpis = KpiFolder(config)
+        self.calendar = Calendar(config.calendar_periods, config.week_start)
+        self.default_tz = config.timezone
+        self.grace = config.grace.total_seconds()
+        self.horizon_days = max(1, int(config.dedup_horizon.total_seconds() // _DAY))
+        self.aliases = {k.lower(): v for k, v in config.type_aliases.items()}
+
+    def fold(self, records: Sequence[Record],
+             read: Callable[[str], dict[str, Any] | None]) -> BatchResult:
+        batch = _Batch(read)
+        for record in records:
+            self._fold_record(record, batch)
+        batch.result.writes = {key: batch.values[key][1] for key in batch.dirty}
+        return batch.result
+
+    def _fold_record(self, record: Record, batch: _Batch) -> None:
+        result = batch.result
+        try:
+            elements = decode_events(record.value)
+            if len(elements) > MAX_EVENTS_PER_RECORD:
+                raise Rejection("too_large", f"more than {MAX_EVENTS_PER_RECORD} events")
+            if len(elements) == 1 and len(record.value) > self.max_event_bytes:
+                raise Rejection("too_large", f"event exceeds {self.max_event_bytes} bytes")
+        except Rejection as rejection:
+            result.dead_letters.append(dead_letter(record, rejection, None, record.value))
+            return
+        single = len(elements) == 1
+        for index, element in enumerate(elements):
+            try:
+                self._fold_event(record, index, element, batch)
+            except Rejection as rejection:
+                self._park(record, None if single else index, element, rejection, result)
+            except Exception as exc:  # a bug must not stop the worker: park the event
+                logger.exception("ingest: unexpected %s at %s:%d:%d", type(exc).__name__,
+                                 record.topic, record.partition, record.offset)
+                rejection = Rejection("internal_error", f"processing failed: {type(exc).__name__}")
+                self._park(record, None if single else index, element, rejection, result)
+
+    @staticmethod
+    def _park(record: Record, index: int | None, element: Any, rejection: Rejection,
+              result: BatchResult) -> None:
+        """Send one element (or the whole single-event record) to the DLQ."""
+        original = record.value if index is None else orjson.dumps(element)
+        source = element.get("source") if isinstance(element, dict) else None
+        result.dead_letters.append(dead_letter(
+            record, rejection, index, original, source if isinstance(source, str) else "unknown"))
+
+    def _fold_event(self, record: Record, index: int, element: Any, batch: _Batch) -> None:
+        event = validate_event(element)
+        if len(record.value) > self.max_event_bytes and len(orjson.dumps(event)) > (
+            self.max_event_bytes
+        ):
+            raise Rejection("too_large", f"event exceeds {self.max_event_bytes} bytes")
+        user_id = event["user_id"]
+        if record.key is None or record.key != user_id.encode():
+            # Not keyed by its user: its state lives on another partition. Re-key it; the
+            # forwarded copy is deduplicated by event_id if this record is replayed.
+            batch.result.forwards.append((user_id.encode(), orjson.dumps(event)))
+            return
+        profile = self.roster(user_id)
+        if profile is None and self.config.roster.strict:
+            raise Rejection("unknown_user", "user_id is not in the roster (roster.strict)")
+        event["type"] = normalise_type(event["type"], self.aliases)
+        tz = zone((profile and profile.timezone) or self.default_tz)
+        occurred = datetime.fromisoformat(event["occurred_at"]).timestamp()
+        keys, day_end = self.calendar.keys_for(occurred, tz)
+        if record.timestamp > day_end + self.grace:
+            raise Rejection("late", "arrived after its day ended plus the grace period")
+        if occurred > record.timestamp + 86_400:
+            raise Rejection("schema:occurred_at", "occurred_at is more than a day in the future")
+        if self._is_duplicate(record, index, user_id, event["event_id"], batch):
+            batch.result.duplicates += 1
+            return
+        steps = self.kpis.steps_for(event["type"])
+        team_id = event.get("team_id") or (profile.team_id if profile else None)
+        applied = False
+        for period_key in keys:
+            applied |= batch.apply(user_key(period_key, user_id), record, steps, event, self.kpis)
+            if team_id:
+                batch.apply(team_key(period_key, record.partition, team_id), record, steps,
+                            event, self.kpis)
+        if applied or not steps:
+            batch.result.applied += 1
+        else:
+            batch.result.replayed += 1
+
+    def _is_duplicate(self, record: Record, index: int, user_id: str, event_id: str,
+                      batch: _Batch) -> bool:
+        digest = event_digest(event_id)
+        position = record.offset * MAX_EVENTS_PER_RECORD + index
+        arrival_day = int(record.timestamp // _DAY)
+        for day in range(arrival_day - self.horizon_days, arrival_day + 1):
+            seen = batch.get(seen_key(day, user_id))
+            if seen is not None and digest in seen["ids"]:
+                return seen["ids"][digest] != position
+        key = seen_key(arrival_day, user_id)
+        seen = batch.mutable(key)
+        if seen is None:
+            seen = {"p": record.partition, "ids": {}}
+            batch.values[key] = (-1, seen)
+        seen["ids"][digest] = position
+        batch.dirty.add(key)
+        return False
+
+
+class _Batch:
+    """Copy-on-write overlay of table values for one batch.
+
+    ``values[key] = (stored_offset, value)``: the offset stored before this batch decides
+    replays, so the events of one record (same offset) all apply.
+    """
+
+    def __init__(self, read: Callable[[str], dict[str, Any] | None]) -> None:
+        self.read = read
+        self.values: dict[str, tuple[int, dict[str, Any]]] = {}
+        self.dirty: set[str] = set()
+        self.result = BatchResult()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        entry = self.values.get(key)
+        return entry[1] if entry is not None else self.read(key)
+
+    def mutable(self, key: str) -> dict[str, Any] | None:
+        """A private copy of the value to change (``None`` if there is none yet)."""
+        entry = self.values.get(key)
+        if entry is not None:
+            return entry[1]
+        stored = self.read(key)
+        if stored is None:
+            return None
+        copy = _copy(stored)
+        self.values[key] = (stored.get("o", -1), copy)
+        return copy
+
+    def apply(self, key: str, record: Record, steps: list[Any], event: dict[str, Any],
+              kpis: KpiFolder) -> bool:
+        entry = self.values.get(key)
+        if entry is None:
+            stored = self.read(key)
+            if stored is None:
+                entry = (-1, new_bucket(record.partition, record.offset))
+            else:
+                entry = (stored["o"], _copy(stored))
+            self.values[key] = entry
+        stored_offset, bucket = entry
+        if record.offset <= stored_offset:
+            return False
+        bucket["o"] = max(bucket["o"], record.offset)
+        kpis.apply(bucket, steps, event)
+        self.dirty.add(key)
+        return True
+
+
+def _copy(value: dict[str, Any]) -> dict[str, Any]:
+    """Deep copy: a batch that fails half-way must not have changed the stored values."""
+    return orjson.loads(orjson.dumps(value))

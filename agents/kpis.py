@@ -1,0 +1,101 @@
+"""KPI folding (event -> bucket) and reading (buckets -> values), compiled from the config.
+
+A bucket is the state of one scope (user or team partial) in one period:
+``{"p": partition, "o": highest applied source offset, "n": {kpi: number},
+"s": {kpi: [distinct values]}}``. Ratios are not stored; they are computed on read, so
+they stay right when their parts are summed over periods and partitions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from app.config import PulseConfig
+
+
+@dataclass(frozen=True)
+class _Step:
+    kpi: str
+    kind: str  # count | sum | distinct
+    field: str | None
+    actions: frozenset[str]
+
+
+class KpiFolder:
+    """Applies events to buckets according to the configured KPIs."""
+
+    def __init__(self, config: PulseConfig) -> None:
+        self._by_type: dict[str, list[_Step]] = {}
+        self._any_type: list[_Step] = []
+        self.names = tuple(config.kpis)
+        self.ratios = {n: k.ratio for n, k in config.kpis.items() if k.ratio is not None}
+        self.distinct = frozenset(n for n, k in config.kpis.items() if k.distinct is not None)
+        for name, kpi in config.kpis.items():
+            if kpi.ratio is not None:
+                continue
+            step = _Step(name, kpi.kind, kpi.sum or kpi.distinct, frozenset(kpi.actions))
+            if kpi.source_types is None:
+                self._any_type.append(step)
+            else:
+                for event_type in kpi.source_types:
+                    self._by_type.setdefault(event_type, []).append(step)
+
+    def steps_for(self, event_type: str) -> list[_Step]:
+        steps = self._by_type.get(event_type)
+        if not self._any_type:
+            return steps or []
+        return [*(steps or ()), *self._any_type]
+
+    @staticmethod
+    def apply(bucket: dict[str, Any], steps: Iterable[_Step], event: dict[str, Any]) -> bool:
+        """Fold one event into ``bucket`` in place; True when anything changed."""
+        changed = False
+        action = event["action"]
+        for step in steps:
+            if action not in step.actions:
+                continue
+            if step.kind == "count":
+                numbers = bucket["n"]
+                numbers[step.kpi] = numbers.get(step.kpi, 0) + 1
+                changed = True
+                continue
+            value = event.get(step.field) if step.field else None
+            if value is None:
+                continue
+            if step.kind == "sum":
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    numbers = bucket["n"]
+                    numbers[step.kpi] = numbers.get(step.kpi, 0) + value
+                    changed = True
+            elif isinstance(value, (str, int, float)):
+                values = bucket["s"].setdefault(step.kpi, [])
+                if value not in values:
+                    values.append(value)
+                    changed = True
+        return changed
+
+    def read(self, buckets: Iterable[dict[str, Any] | None]) -> dict[str, float]:
+        """KPI values of the union of ``buckets`` (periods and/or partitions)."""
+        totals: dict[str, float] = dict.fromkeys(self.names, 0)
+        distinct: dict[str, set[Any]] = {name: set() for name in self.distinct}
+        for bucket in buckets:
+            if not bucket:
+                continue
+            for name, number in bucket["n"].items():
+                if name in totals:
+                    totals[name] += number
+            for name, values in bucket["s"].items():
+                if name in distinct:
+                    distinct[name].update(values)
+        for name, values in distinct.items():
+            totals[name] = len(values)
+        for name, (numerator, denominator) in self.ratios.items():
+            below = totals[denominator]
+            totals[name] = round(totals[numerator] / below, 6) if below else 0
+        return totals
+
+
+def new_bucket(partition: int, offset: int) -> dict[str, Any]:
+    return {"p": partition, "o": offset, "n": {}, "s": {}}

@@ -1,0 +1,96 @@
+"""Faust wiring of the stream processors: roster sync, activity ingest, state cleanup.
+
+The agents only move bytes and batches; the logic lives in :mod:`agents.ingest`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from agents.ingest import Ingestor, Record, UserInfo
+from agents.retention import expired_keys
+from app.roster import parse_profile
+from app.tables import changelog_partition
+
+if TYPE_CHECKING:
+    from app.faust_app import Pulse
+
+logger = logging.getLogger(__name__)
+
+
+def _crash_without_commit() -> None:
+    """Exit at once: ``take_events`` acks a batch even when its body raised.
+
+    Bad input never gets here (ingest parks it in the DLQ); this is for infrastructure
+    failures such as a failed table or topic write. Exiting before the acks lets the
+    restarted worker replay the batch, and the offset watermarks keep that exact.
+    """
+    logger.critical("ingest: batch failed; exiting without commit so it is replayed",
+                    exc_info=True)
+    logging.shutdown()
+    os._exit(70)
+
+
+def register_agents(pulse: Pulse) -> None:
+    app, settings = pulse.app, pulse.settings
+    roster_table, kpi_table = pulse.roster_table, pulse.kpi_table
+
+    def roster_lookup(user_id: str) -> UserInfo | None:
+        profile = roster_table.get(user_id)
+        if profile is None:
+            return None
+        return UserInfo(profile.get("team_id"), profile.get("timezone"))
+
+    ingestor = Ingestor(settings.pulse, settings.max_event_bytes, roster_lookup)
+
+    @app.agent(pulse.roster_topic, name="roster-sync")
+    async def roster_sync(stream: Any) -> None:
+        """Mirror ``crm.roster`` into the roster GlobalTable every worker reads."""
+        async for event in stream.events():
+            if event.key is None:
+                continue
+            user_id = event.key.decode("utf-8", "replace")
+            profile = parse_profile(event.value) if event.value is not None else None
+            if profile is None:
+                roster_table.pop(user_id, None)
+            else:
+                roster_table[user_id] = profile.model_dump(exclude_none=True)
+
+    @app.agent(pulse.activities, name="ingest")
+    async def ingest(stream: Any) -> None:
+        """Validate, dedup and fold activity records into the KPI table, batch by batch."""
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            records = [
+                Record(m.topic, m.partition, m.offset, m.timestamp or time.time(), e.key, e.value)
+                for e in events
+                for m in (e.message,)
+            ]
+            # No await from here to the end of the batch: a batch is written whole or,
+            # if a write fails, not acked at all (see _crash_without_commit).
+            try:
+                result = ingestor.fold(records, kpi_table.get)
+                for key, value in result.writes.items():
+                    with changelog_partition(value["p"]):
+                        kpi_table[key] = value
+                for key, value in result.dead_letters:
+                    pulse.dlq.send_soon(key=key, value=value)
+                for key, value in result.forwards:
+                    pulse.activities.send_soon(key=key, value=value)
+            except Exception:
+                _crash_without_commit()
+
+    @app.timer(interval=600.0, name="kpi-retention")
+    async def drop_expired_state() -> None:
+        """Delete buckets past retention and dedup memory past the horizon."""
+        active = {tp.partition for tp in app.assignor.assigned_actives()
+                  if tp.topic == pulse.activities.get_topic_name()}
+        doomed = expired_keys(kpi_table.data.items(), settings.pulse, time.time(), active)
+        for key, partition in doomed:
+            with changelog_partition(partition):
+                kpi_table.pop(key, None)
+        if doomed:
+            logger.info("retention: dropped %d expired state keys", len(doomed))
+

@@ -1,0 +1,46 @@
+"""Which state keys have outlived their retention (pure; the cleanup timer deletes them)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+from agents.periods import KIND_OF_PREFIX, Calendar
+from app.config import PulseConfig
+
+_DAY = 86_400
+
+
+def expired_keys(items: Iterable[tuple[str, Any]], config: PulseConfig, now: float,
+                 partitions: set[int]) -> list[tuple[str, int]]:
+    """``(key, partition)`` of buckets and dedup memory that may be dropped at ``now``.
+
+    Only keys of ``partitions`` (the ones this worker owns) are considered, so a worker
+    never writes tombstones for standby state. A day of slack covers timezones.
+    """
+    today = datetime.fromtimestamp(now, timezone.utc).date()
+    oldest_seen_day = int(now // _DAY) - int(config.dedup_horizon.total_seconds() // _DAY) - 1
+    doomed = []
+    for key, value in items:
+        partition = value.get("p") if isinstance(value, dict) else None
+        if partition not in partitions:
+            continue
+        scope, label = key.split("|", 2)[:2]
+        if scope == "s":
+            if int(label) < oldest_seen_day:
+                doomed.append((key, partition))
+            continue
+        kind = KIND_OF_PREFIX[label.split(":", 1)[0]]
+        keep_days = getattr(config.retention, kind).days + 1
+        if (today - Calendar.key_start(label)).days > keep_days + _span_days(kind):
+            doomed.append((key, partition))
+    return doomed
+
+
+def _span_days(kind: str) -> int:
+    """Retention counts from a period's end; key_start gives its start."""
+    return {"hour": 0, "day": 0, "week": 7, "month": 31, "quarter": 92, "year": 366}[kind]
+
+
+

@@ -1,0 +1,76 @@
+"""Build the Faust app: topics, tables, agents and web views for one :class:`Settings`.
+
+There is no module-level app: tests and the CLI call :func:`create_app`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from app.settings import Settings
+from app.tables import PartitionedTable
+
+
+@dataclass
+class Pulse:
+    """Everything one worker process holds; handed to agents and web views."""
+
+    settings: Settings
+    app: faust.App
+    activities: Any
+    dlq: Any
+    roster_topic: Any
+    kpi_table: PartitionedTable
+    roster_table: Any
+
+
+def create_app(settings: Settings) -> Pulse:
+    """A configured Faust app with the CRM Pulse agents, tables and web views."""
+    app = faust.App(
+        settings.app_id,
+        broker=settings.kafka,
+        store="memory://",
+        datadir=str(settings.data_dir / settings.app_id),
+        Table=PartitionedTable,
+        processing_guarantee="at_least_once",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication,
+        consumer_auto_offset_reset="earliest",
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+        broker_rebalance_timeout=20,
+        broker_session_timeout=20,
+        broker_heartbeat_interval=2,
+        broker_commit_interval=1.0,
+        broker_max_poll_records=settings.batch_max,
+        stream_buffer_maxsize=max(4096, settings.batch_max * 2),
+        producer_linger_ms=2,
+        table_cleanup_interval=3600,
+    )
+    topics = settings.topics
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    pulse = Pulse(
+        settings=settings,
+        app=app,
+        activities=app.topic(topics.activities, partitions=settings.partitions, **raw),
+        dlq=app.topic(topics.dlq, partitions=settings.partitions, **raw),
+        roster_topic=app.topic(topics.roster, partitions=settings.partitions, **raw),
+        kpi_table=app.Table("kpi", partitions=settings.partitions, key_type=str),
+        roster_table=app.GlobalTable(
+            "roster",
+            partitions=settings.partitions,
+            key_type=str,
+            synchronize_all_active_partitions=True,
+        ),
+    )
+    from agents.pipeline import register_agents
+    from app.web import register_views
+
+    register_agents(pulse)
+    register_views(pulse)
+    return pulse
