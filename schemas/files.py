@@ -1,0 +1,89 @@
+"""The JSON Schema file of every topic's value, generated from the models.
+
+``crm-pulse schemas`` rewrites them; a test fails when a committed file is stale.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from schemas.activity import json_schema
+
+HERE = Path(__file__).parent
+_DRAFT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def activities_schema() -> dict[str, Any]:
+    """``crm.activities``: one canonical event, or an array of them (one partition)."""
+    event = json_schema()
+    return {
+        "$schema": _DRAFT,
+        "$id": "crm-pulse/crm.activities",
+        "title": "crm.activities record value (key: user_id)",
+        "$defs": {"event": {k: v for k, v in event.items() if k not in ("$schema", "$id")}},
+        "oneOf": [
+            {"$ref": "#/$defs/event"},
+            {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/event"}},
+        ],
+    }
+
+
+def dlq_schema() -> dict[str, Any]:
+    """``crm.activities.dlq``: a rejected record or array element, with the reason."""
+    text = {"type": "string"}
+    return {
+        "$schema": _DRAFT,
+        "$id": "crm-pulse/crm.activities.dlq",
+        "title": "crm.activities.dlq record value (key: source)",
+        "type": "object",
+        "required": ["dlq_id", "reason", "message", "source", "received_at", "topic",
+                     "partition", "offset", "index", "original_b64"],
+        "properties": {
+            "dlq_id": {**text, "description": "topic:partition:offset[:index]; dedup key"},
+            "reason": {
+                **text,
+                "pattern": r"^(invalid_json|too_large|unknown_user|late|internal_error"
+                           r"|schema:[a-z_]+)$",
+                "description": "machine-readable: invalid_json, schema:<field>, "
+                               "unknown_user, late, too_large, internal_error",
+            },
+            "message": {**text, "description": "for people: what is wrong"},
+            "source": text,
+            "received_at": {**text, "format": "date-time"},
+            "topic": text,
+            "partition": {"type": "integer", "minimum": 0},
+            "offset": {"type": "integer", "minimum": 0},
+            "index": {"type": ["integer", "null"], "minimum": 0,
+                      "description": "position in an array record; null for the whole record"},
+            "original_b64": {**text, "contentEncoding": "base64",
+                             "description": "the original bytes (an array element re-encoded)"},
+        },
+        "additionalProperties": False,
+    }
+
+
+def schema_documents() -> dict[str, dict[str, Any]]:
+    from app.roster import roster_json_schema
+
+    return {
+        "crm.activities.schema.json": activities_schema(),
+        "crm.activities.dlq.schema.json": dlq_schema(),
+        "crm.roster.schema.json": roster_json_schema(),
+    }
+
+
+def render(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2, sort_keys=False) + "\n"
+
+
+def write_schema_files(out: Path | None = None) -> list[Path]:
+    folder = out or HERE
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, document in schema_documents().items():
+        path = folder / name
+        path.write_text(render(document), encoding="utf-8")
+        written.append(path)
+    return written

@@ -1,0 +1,80 @@
+from datetime import date, datetime, timezone
+
+import pytest
+
+from agents.periods import Calendar, zone
+
+ALL = ("hour", "day", "week", "month", "quarter", "year")
+
+
+def ts(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def test_call_at_2330_in_sydney_counts_on_the_sydney_day() -> None:
+    calendar = Calendar(ALL)
+    keys, day_end = calendar.keys_for(ts("2026-11-23T12:30:00Z"), zone("Australia/Sydney"))
+    assert keys == ("h:2026-11-23T23", "d:2026-11-23", "w:2026-11-23", "m:2026-11",
+                    "q:2026-Q4", "y:2026")
+    assert day_end == ts("2026-11-24T00:00:00+11:00")
+
+
+def test_same_instant_is_another_day_in_utc() -> None:
+    keys, _ = Calendar(("day",)).keys_for(ts("2026-11-23T13:30:00Z"), zone("Australia/Sydney"))
+    assert keys == ("d:2026-11-24",)
+    keys, _ = Calendar(("day",)).keys_for(ts("2026-11-23T13:30:00Z"), zone("UTC"))
+    assert keys == ("d:2026-11-23",)
+
+
+@pytest.mark.parametrize(("week_start", "expected"), [("monday", "w:2026-11-23"),
+                                                     ("sunday", "w:2026-11-22")])
+def test_week_starts_on_the_configured_day(week_start: str, expected: str) -> None:
+    calendar = Calendar(("week",), week_start)
+    keys, _ = calendar.keys_for(ts("2026-11-25T12:00:00Z"), zone("UTC"))
+    assert keys == (expected,)
+
+
+def test_month_and_year_boundaries_follow_local_time() -> None:
+    calendar = Calendar(("month", "year"))
+    keys, _ = calendar.keys_for(ts("2026-12-31T23:30:00Z"), zone("Europe/Berlin"))
+    assert keys == ("m:2027-01", "y:2027")
+
+
+def test_period_bounds_across_dst_change() -> None:
+    period = Calendar(ALL).period("day", datetime(2026, 3, 29, 12, tzinfo=timezone.utc),
+                                  zone("Europe/Berlin"))
+    assert period.start.isoformat() == "2026-03-29T00:00:00+01:00"
+    assert period.end.isoformat() == "2026-03-30T00:00:00+02:00"
+    assert period.end.timestamp() - period.start.timestamp() == 23 * 3600
+
+
+def test_rolling_period_is_made_of_its_days() -> None:
+    period = Calendar(ALL).period("rolling_7d", datetime(2026, 11, 23, 9, tzinfo=timezone.utc),
+                                  zone("UTC"))
+    assert period.bucket_keys[0] == "d:2026-11-17"
+    assert period.bucket_keys[-1] == "d:2026-11-23"
+    assert len(period.bucket_keys) == 7
+    assert period.end.isoformat() == "2026-11-24T00:00:00+00:00"
+
+
+def test_week_month_quarter_periods() -> None:
+    calendar = Calendar(ALL)
+    at = datetime(2026, 11, 25, 9, tzinfo=timezone.utc)
+    week = calendar.period("week", at, zone("UTC"))
+    assert (week.start.date(), week.end.date()) == (date(2026, 11, 23), date(2026, 11, 30))
+    month = calendar.period("month", at, zone("UTC"))
+    assert (month.start.date(), month.end.date()) == (date(2026, 11, 1), date(2026, 12, 1))
+    quarter = calendar.period("quarter", at, zone("UTC"))
+    assert quarter.bucket_keys == ("q:2026-Q4",)
+    assert quarter.end.date() == date(2027, 1, 1)
+
+
+@pytest.mark.parametrize("key", ["h:2026-11-23T05", "d:2026-11-23", "w:2026-11-23"])
+def test_key_start(key: str) -> None:
+    assert Calendar.key_start(key) == date(2026, 11, 23)
+
+
+def test_key_start_of_coarse_periods() -> None:
+    assert Calendar.key_start("m:2026-11") == date(2026, 11, 1)
+    assert Calendar.key_start("q:2026-Q4") == date(2026, 10, 1)
+    assert Calendar.key_start("y:2026") == date(2026, 1, 1)
