@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(65_536, description="Largest accepted single event.")
     batch_max: int = Field(10_000, description="Most records taken per processing batch.")
     batch_within_s: float = Field(0.05, description="Longest wait to fill a batch (latency).")
+    session_timeout_s: float = Field(
+        20.0, ge=3, description="Consumer session timeout: how soon a dead worker's partitions "
+        "move (and how long a restarted worker may wait to rejoin).")
     send_timeout_s: float = Field(10.0, description="Webhook wait for broker acknowledgement.")
     generic_webhook_secret: SecretStr | None = Field(
         None, description="HMAC secret for /webhooks/generic (unset: unsigned, local dev)."

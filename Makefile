@@ -1,0 +1,23 @@
+# Developer entry points. `make dev` runs the whole stack locally; `make test` is what CI runs.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: venv dev test lint
+
+venv: $(STAMP)
+
+# Reinstall only when .venv is missing or pyproject.toml changed since the last install.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -e '.[dev]'
+	touch $@
+
+dev: venv
+	$(VENV)/bin/crm-pulse dev
+
+test: venv
+	$(VENV)/bin/python -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check .

@@ -1,0 +1,83 @@
+"""Test-side broker access: produce, read topics to their end, committed offsets, table state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+from app.kafka import bootstrap_servers, make_producer, send_all
+from app.settings import Settings
+
+
+def produce(settings: Settings, records: list[tuple[bytes | None, bytes]],
+            topic: str | None = None) -> None:
+    producer = make_producer(settings)
+    try:
+        send_all(producer, topic or settings.topics.activities, records)
+    finally:
+        producer.close()
+
+
+def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers(settings.kafka))
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        return {tp.partition: offset for tp, offset in consumer.end_offsets(partitions).items()}
+    finally:
+        consumer.close()
+
+
+def read_topic(settings: Settings, topic: str) -> list[Any]:
+    """Every record of ``topic`` now (key, value) in partition order, read up to its end."""
+    ends = end_offsets(settings, topic)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers(settings.kafka),
+                             enable_auto_commit=False, auto_offset_reset="earliest")
+    records = []
+    try:
+        for partition, end in ends.items():
+            if end == 0:
+                continue
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            consumer.seek_to_beginning(tp)
+            while consumer.position(tp) < end:
+                for batch in consumer.poll(timeout_ms=1000).values():
+                    records.extend(batch)
+    finally:
+        consumer.close()
+    return records
+
+
+def committed(settings: Settings) -> dict[int, int]:
+    """The worker group's committed offsets on crm.activities."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers(settings.kafka))
+    try:
+        offsets = admin.list_group_offsets(settings.app_id).get(settings.app_id, {})
+    finally:
+        admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items()
+            if tp.topic == settings.topics.activities}
+
+
+def all_committed(settings: Settings) -> bool:
+    ends = end_offsets(settings, settings.topics.activities)
+    done = committed(settings)
+    return all(done.get(p, 0) >= end for p, end in ends.items() if end)
+
+
+def table_state(settings: Settings, table: str = "kpi") -> dict[str, dict[str, Any]]:
+    """The table as its changelog says (last value per key), without bookkeeping fields."""
+    state: dict[str, dict[str, Any]] = {}
+    for record in read_topic(settings, f"{settings.app_id}-{table}-changelog"):
+        key = orjson.loads(record.key)
+        if record.value is None:
+            state.pop(key, None)
+        else:
+            state[key] = orjson.loads(record.value)
+    return {
+        key: {"n": value["n"], "s": {k: sorted(v) for k, v in value["s"].items()}}
+        for key, value in state.items()
+        if not key.startswith("s|")
+    }
