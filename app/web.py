@@ -32,20 +32,20 @@ def register_views(pulse: Pulse) -> None:
     def error(view: View, status: int, reason: str, message: str, **extra: Any) -> Response:
         return view.json({"error": reason, "message": message, **extra}, status=status)
 
-    def parse_period(view: View, request: Request) -> tuple[str, datetime] | Response:
+    def parse_period(request: Request) -> tuple[str, datetime]:
         kind = request.query.get("period", "day")
         if kind not in config.periods:
-            return error(view, 400, "bad_period",
-                         f"period must be one of {', '.join(config.periods)}")
+            raise EdgeError(400, "bad_period",
+                            f"period must be one of {', '.join(config.periods)}")
         at_text = request.query.get("at")
         if at_text is None:
             return kind, datetime.now(timezone.utc)
         try:
             at = datetime.fromisoformat(at_text)
         except ValueError:
-            return error(view, 400, "bad_at", "at must be an ISO 8601 date-time")
+            raise EdgeError(400, "bad_at", "at must be an ISO 8601 date-time") from None
         if at.tzinfo is None:
-            return error(view, 400, "bad_at", "at needs an offset, e.g. Z or +01:00")
+            raise EdgeError(400, "bad_at", "at needs an offset, e.g. Z or +01:00")
         return kind, at
 
     def kpi_body(values: dict[str, float], targets: dict[str, float]) -> dict[str, Any]:
@@ -84,10 +84,10 @@ def register_views(pulse: Pulse) -> None:
     @app.page("/api/kpis/users/{user_id}")
     class UserKpis(View):
         async def get(self, request: Request, user_id: str) -> Response:
-            parsed = parse_period(self, request)
-            if isinstance(parsed, Response):
-                return parsed
-            kind, at = parsed
+            try:
+                kind, at = parse_period(request)
+            except EdgeError as exc:
+                return error(self, exc.status, exc.reason, exc.message)
             profile = pulse.roster_table.get(user_id)
             tz = zone((profile or {}).get("timezone") or config.timezone)
             period = calendar.period(kind, at, tz)
@@ -103,10 +103,10 @@ def register_views(pulse: Pulse) -> None:
     @app.page("/api/kpis/teams/{team_id}")
     class TeamKpis(View):
         async def get(self, request: Request, team_id: str) -> Response:
-            parsed = parse_period(self, request)
-            if isinstance(parsed, Response):
-                return parsed
-            kind, at = parsed
+            try:
+                kind, at = parse_period(request)
+            except EdgeError as exc:
+                return error(self, exc.status, exc.reason, exc.message)
             team = config.teams.get(team_id)
             tz = zone((team.timezone if team else None) or config.team_timezone)
             period = calendar.period(kind, at, tz)
