@@ -104,7 +104,7 @@ class KpiDef(_Strict):
         return frozenset(wanted) if wanted is not None else None
 
 
-Targets = dict[str, dict[PeriodKind, float]]
+Targets = dict[str, dict[PeriodKind, int | float]]
 
 
 class RoleDef(_Strict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from app.faust_app import Pulse
 
 logger = logging.getLogger(__name__)
+WALL_PAGE = Path(__file__).parent / "static" / "wall.html"
 
 
 def register_views(pulse: Pulse) -> None:
@@ -124,6 +126,36 @@ def register_views(pulse: Pulse) -> None:
                 "period": period.as_dict(),
                 "kpis": kpi_body(kpis.read(buckets), team_targets(config, team_id, members, kind)),
             })
+
+    @app.page("/api/teams")
+    class Teams(View):
+        """Teams known from the config and the roster, with their active member counts."""
+
+        async def get(self, request: Request) -> Response:
+            members: dict[str, int] = {}
+            offices: dict[str, str] = {}
+            for profile in pulse.roster_table.values():
+                if profile.get("active", True) and profile.get("team_id"):
+                    members[profile["team_id"]] = members.get(profile["team_id"], 0) + 1
+                    if profile.get("office_id"):
+                        offices.setdefault(profile["team_id"], profile["office_id"])
+            teams = []
+            for team_id in sorted(set(members) | set(config.teams)):
+                team = config.teams.get(team_id)
+                teams.append({
+                    "team_id": team_id,
+                    "name": (team.name if team else None) or team_id,
+                    "office_id": (team.office_id if team else None) or offices.get(team_id),
+                    "members": members.get(team_id, 0),
+                })
+            return self.json({"teams": teams})
+
+    @app.page("/wall")
+    class Wall(View):
+        """The built-in TV page (polls the API; team figures only)."""
+
+        async def get(self, request: Request) -> Response:
+            return self.html(WALL_PAGE.read_text(encoding="utf-8"))
 
     @app.page("/healthz")
     class Health(View):

@@ -195,3 +195,20 @@ def test_health_endpoints(api: Settings) -> None:
     assert call(api, "GET", "/healthz")[:2] == (200, {"status": "ok"})
     status, body, _ = call(api, "GET", "/readyz")
     assert (status, body["status"]) == (200, "ready")
+
+
+def test_teams_list_comes_from_the_roster(api: Settings) -> None:
+    status, body, _ = call(api, "GET", "/api/teams")
+    assert status == 200
+    teams = {team["team_id"]: team for team in body["teams"]}
+    assert set(teams) == {"north", "south"}
+    assert teams["north"]["members"] == 2
+
+
+def test_wall_page_is_served(api: Settings) -> None:
+    with urllib.request.urlopen(api.web_url + "/wall", timeout=15) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/html")
+        page = response.read().decode()
+    assert "/api/teams" in page
+    assert "/api/kpis/teams/" in page
