@@ -17,6 +17,7 @@ dev: venv
 	$(VENV)/bin/crm-pulse dev
 
 test: venv
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q
 
 lint: venv
