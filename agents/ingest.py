@@ -7,9 +7,9 @@ rests on two rules applied here:
 - every bucket carries ``o``, the highest source offset already applied to it; a record at
   or below it is a replay and leaves that bucket alone (checked against the stored value,
   so that several events of one record all apply within a batch);
-- the ``seen`` buckets remember, per user and arrival day, where each ``event_id`` was
-  first read (``offset * MAX_EVENTS_PER_RECORD + index``); the same id read again at any
-  other position within the horizon is a duplicate delivery.
+- the ``seen`` buckets remember, per user, arrival day and digest shard, where each
+  ``event_id`` was first read (``offset * MAX_EVENTS_PER_RECORD + index``); the same id
+  read again at any other position within the horizon is a duplicate delivery.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from aiokafka.partitioner import murmur2
 
 from agents.kpis import KpiFolder, new_bucket
 from agents.periods import Calendar, zone
@@ -32,7 +33,9 @@ from schemas.activity import Rejection, decode_events, normalise_type, validate_
 logger = logging.getLogger(__name__)
 
 MAX_EVENTS_PER_RECORD = 100_000
+SEEN_SHARDS = "0123456789abcdef"  # dedup memory is split by the digest's first hex digit
 _DAY = 86_400
+_EARLIEST_TIMESTAMP, _LATEST_TIMESTAMP = 946_684_800.0, 4_102_444_800.0  # 2000..2100
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ class Record:
     offset: int
     timestamp: float  # seconds; the broker/producer time the record arrived
     key: bytes | None
-    value: bytes
+    value: bytes | None
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class BatchResult:
 
     writes: dict[str, dict[str, Any]] = field(default_factory=dict)
     dead_letters: list[tuple[bytes, bytes]] = field(default_factory=list)
-    forwards: list[tuple[bytes, bytes]] = field(default_factory=list)
+    forwards: list[tuple[bytes, bytes, float]] = field(default_factory=list)
     applied: int = 0
     duplicates: int = 0
     replayed: int = 0
@@ -75,8 +78,13 @@ def team_key(period_key: str, partition: int, team_id: str) -> str:
     return f"t|{period_key}|{partition}|{team_id}"
 
 
-def seen_key(arrival_day: int, user_id: str) -> str:
-    return f"s|{arrival_day}|{user_id}"
+def seen_key(arrival_day: int, digest: str, user_id: str) -> str:
+    return f"s|{arrival_day}|{digest[0]}|{user_id}"
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2) gives ``key``."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def event_digest(event_id: str) -> str:
@@ -92,7 +100,8 @@ def dead_letter(record: Record, rejection: Rejection, index: int | None,
         "reason": rejection.reason,
         "message": rejection.message,
         "source": source,
-        "received_at": datetime.fromtimestamp(record.timestamp, timezone.utc).isoformat(),
+        "received_at": datetime.fromtimestamp(
+            min(max(record.timestamp, 0.0), _LATEST_TIMESTAMP), UTC).isoformat(),
         "topic": record.topic,
         "partition": record.partition,
         "offset": record.offset,
@@ -105,14 +114,17 @@ def dead_letter(record: Record, rejection: Rejection, index: int | None,
 class Ingestor:
     """Validates and folds batches; configured once per worker."""
 
-    def __init__(self, config: PulseConfig, max_event_bytes: int,
+    def __init__(self, config: PulseConfig, max_event_bytes: int, partitions: int,
                  roster: Callable[[str], UserInfo | None]) -> None:
         self.config = config
+        self.partitions = partitions
         self.max_event_bytes = max_event_bytes
         self.roster = roster
         self.kpis = KpiFolder(config)
         self.calendar = Calendar(config.calendar_periods, config.week_start)
         self.default_tz = config.timezone
+        self.team_tz = {team_id: team.timezone for team_id, team in config.teams.items()
+                        if team.timezone}
         self.grace = config.grace.total_seconds()
         self.horizon_days = max(1, int(config.dedup_horizon.total_seconds() // _DAY))
         self.aliases = {k.lower(): v for k, v in config.type_aliases.items()}
@@ -128,13 +140,18 @@ class Ingestor:
     def _fold_record(self, record: Record, batch: _Batch) -> None:
         result = batch.result
         try:
+            if record.value is None:
+                raise Rejection("invalid_json", "the record has no value (a tombstone)")
+            if not _EARLIEST_TIMESTAMP <= record.timestamp <= _LATEST_TIMESTAMP:
+                raise Rejection("bad_timestamp", "record timestamp is not in 2000..2100; "
+                                "produce with the default (CreateTime = now)")
             elements = decode_events(record.value)
             if len(elements) > MAX_EVENTS_PER_RECORD:
                 raise Rejection("too_large", f"more than {MAX_EVENTS_PER_RECORD} events")
             if len(elements) == 1 and len(record.value) > self.max_event_bytes:
                 raise Rejection("too_large", f"event exceeds {self.max_event_bytes} bytes")
         except Rejection as rejection:
-            result.dead_letters.append(dead_letter(record, rejection, None, record.value))
+            result.dead_letters.append(dead_letter(record, rejection, None, record.value or b""))
             return
         single = len(elements) == 1
         for index, element in enumerate(elements):
@@ -164,31 +181,42 @@ class Ingestor:
         ):
             raise Rejection("too_large", f"event exceeds {self.max_event_bytes} bytes")
         user_id = event["user_id"]
-        if record.key is None or record.key != user_id.encode():
-            # Not keyed by its user: its state lives on another partition. Re-key it; the
-            # forwarded copy is deduplicated by event_id if this record is replayed.
-            batch.result.forwards.append((user_id.encode(), orjson.dumps(event)))
+        user_key_bytes = user_id.encode()
+        if record.key != user_key_bytes or record.partition != partition_of(
+            user_key_bytes, self.partitions
+        ):
+            # Not where its user's state lives: re-send it keyed by the user. A replay of
+            # this record sends it again; the copies are deduplicated by event_id.
+            batch.result.forwards.append((user_key_bytes, orjson.dumps(event), record.timestamp))
             return
         profile = self.roster(user_id)
         if profile is None and self.config.roster.strict:
             raise Rejection("unknown_user", "user_id is not in the roster (roster.strict)")
         event["type"] = normalise_type(event["type"], self.aliases)
-        tz = zone((profile and profile.timezone) or self.default_tz)
         occurred = datetime.fromisoformat(event["occurred_at"]).timestamp()
-        keys, day_end = self.calendar.keys_for(occurred, tz)
-        if record.timestamp > day_end + self.grace:
-            raise Rejection("late", "arrived after its day ended plus the grace period")
-        if occurred > record.timestamp + 86_400:
+        keys, day_end = self.calendar.keys_for(
+            occurred, zone((profile and profile.timezone) or self.default_tz))
+        if occurred > record.timestamp + _DAY:
             raise Rejection("schema:occurred_at", "occurred_at is more than a day in the future")
-        if self._is_duplicate(record, index, user_id, event["event_id"], batch):
+        digest = event_digest(event["event_id"])
+        position = record.offset * MAX_EVENTS_PER_RECORD + index
+        first_seen = self._first_seen(record, user_id, digest, batch)
+        if first_seen is not None and first_seen != position:
             batch.result.duplicates += 1
             return
+        if record.timestamp > day_end + self.grace:
+            raise Rejection("late", "arrived after its day ended plus the grace period")
+        if first_seen is None:
+            self._remember(record, user_id, digest, position, batch)
         steps = self.kpis.steps_for(event["type"])
-        team_id = event.get("team_id") or (profile.team_id if profile else None)
         applied = False
         for period_key in keys:
             applied |= batch.apply(user_key(period_key, user_id), record, steps, event, self.kpis)
-            if team_id:
+        team_id = event.get("team_id") or (profile.team_id if profile else None)
+        if team_id:
+            team_keys, _ = self.calendar.keys_for(
+                occurred, zone(self.team_tz.get(team_id, self.config.team_timezone)))
+            for period_key in team_keys:
                 batch.apply(team_key(period_key, record.partition, team_id), record, steps,
                             event, self.kpis)
         if applied or not steps:
@@ -196,23 +224,30 @@ class Ingestor:
         else:
             batch.result.replayed += 1
 
-    def _is_duplicate(self, record: Record, index: int, user_id: str, event_id: str,
-                      batch: _Batch) -> bool:
-        digest = event_digest(event_id)
-        position = record.offset * MAX_EVENTS_PER_RECORD + index
+    def _first_seen(self, record: Record, user_id: str, digest: str,
+                    batch: _Batch) -> int | None:
+        """Where this event id was first read within the horizon, if it was.
+
+        The day after the arrival day is searched too: producers' clocks differ, so a
+        later offset may carry an earlier timestamp.
+        """
         arrival_day = int(record.timestamp // _DAY)
-        for day in range(arrival_day - self.horizon_days, arrival_day + 1):
-            seen = batch.get(seen_key(day, user_id))
+        for day in range(arrival_day - self.horizon_days, arrival_day + 2):
+            seen = batch.get(seen_key(day, digest, user_id))
             if seen is not None and digest in seen["ids"]:
-                return seen["ids"][digest] != position
-        key = seen_key(arrival_day, user_id)
+                return int(seen["ids"][digest])
+        return None
+
+    @staticmethod
+    def _remember(record: Record, user_id: str, digest: str, position: int,
+                  batch: _Batch) -> None:
+        key = seen_key(int(record.timestamp // _DAY), digest, user_id)
         seen = batch.mutable(key)
         if seen is None:
             seen = {"p": record.partition, "ids": {}}
             batch.values[key] = (-1, seen)
         seen["ids"][digest] = position
         batch.dirty.add(key)
-        return False
 
 
 class _Batch:

@@ -5,6 +5,7 @@ The agents only move bytes and batches; the logic lives in :mod:`agents.ingest`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from agents.ingest import Ingestor, Record, UserInfo
 from agents.retention import expired_keys
 from app.roster import parse_profile
-from app.tables import changelog_partition
+from app.tables import changelog_partition, collecting_sends
 
 if TYPE_CHECKING:
     from app.faust_app import Pulse
@@ -21,12 +22,26 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def _seconds(timestamp: float | None) -> float:
+    """The record's timestamp; ``-1`` when it has none (rejected as ``bad_timestamp``)."""
+    return -1.0 if timestamp is None else timestamp
+
+
+async def _acknowledged(pending: list[Any]) -> None:
+    """Wait until the broker acknowledged every send; on failure, exit without acking."""
+    try:
+        await asyncio.gather(*pending)
+    except BaseException:  # includes cancellation: the batch's acks must not happen
+        _crash_without_commit()
+
+
 def _crash_without_commit() -> None:
     """Exit at once: ``take_events`` acks a batch even when its body raised.
 
     Bad input never gets here (ingest parks it in the DLQ); this is for infrastructure
-    failures such as a failed table or topic write. Exiting before the acks lets the
-    restarted worker replay the batch, and the offset watermarks keep that exact.
+    failures such as a failed table or topic write, or a stop that interrupts the wait for
+    acknowledgements. Exiting before the acks lets the restarted worker replay the batch,
+    and the offset watermarks keep that exact.
     """
     logger.critical("ingest: batch failed; exiting without commit so it is replayed",
                     exc_info=True)
@@ -44,7 +59,8 @@ def register_agents(pulse: Pulse) -> None:
             return None
         return UserInfo(profile.get("team_id"), profile.get("timezone"))
 
-    ingestor = Ingestor(settings.pulse, settings.max_event_bytes, roster_lookup)
+    ingestor = Ingestor(settings.pulse, settings.max_event_bytes, settings.partitions,
+                        roster_lookup)
 
     @app.agent(pulse.roster_topic, name="roster-sync")
     async def roster_sync(stream: Any) -> None:
@@ -53,34 +69,43 @@ def register_agents(pulse: Pulse) -> None:
             if event.key is None:
                 continue
             user_id = event.key.decode("utf-8", "replace")
-            profile = parse_profile(event.value) if event.value is not None else None
-            if profile is None:
-                roster_table.pop(user_id, None)
-            else:
-                roster_table[user_id] = profile.model_dump(exclude_none=True)
+            with collecting_sends() as pending:
+                if event.value is None:
+                    roster_table.pop(user_id, None)
+                else:
+                    profile = parse_profile(event.value)
+                    if profile is None:
+                        logger.warning("roster: invalid profile at offset %d skipped",
+                                       event.message.offset)
+                        continue
+                    roster_table[user_id] = profile.model_dump(exclude_none=True)
+            await _acknowledged(pending)
 
     @app.agent(pulse.activities, name="ingest")
     async def ingest(stream: Any) -> None:
         """Validate, dedup and fold activity records into the KPI table, batch by batch."""
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
             records = [
-                Record(m.topic, m.partition, m.offset, m.timestamp or time.time(), e.key, e.value)
+                Record(m.topic, m.partition, m.offset, _seconds(m.timestamp), e.key, e.value)
                 for e in events
                 for m in (e.message,)
             ]
-            # No await from here to the end of the batch: a batch is written whole or,
-            # if a write fails, not acked at all (see _crash_without_commit).
+            result = ingestor.fold(records, kpi_table.get)
+            # No await until every write of the batch is queued: the batch is written whole,
+            # then acked only once the broker has all of it.
             try:
-                result = ingestor.fold(records, kpi_table.get)
-                for key, value in result.writes.items():
-                    with changelog_partition(value["p"]):
-                        kpi_table[key] = value
-                for key, value in result.dead_letters:
-                    pulse.dlq.send_soon(key=key, value=value)
-                for key, value in result.forwards:
-                    pulse.activities.send_soon(key=key, value=value)
+                with collecting_sends() as pending:
+                    for key, value in result.writes.items():
+                        with changelog_partition(value["p"]):
+                            kpi_table[key] = value
+                    for key, value in result.dead_letters:
+                        pending.append(pulse.dlq.send_soon(key=key, value=value))
+                    for key, value, timestamp in result.forwards:
+                        pending.append(pulse.activities.send_soon(
+                            key=key, value=value, timestamp=timestamp))
             except Exception:
                 _crash_without_commit()
+            await _acknowledged(pending)
 
     @app.timer(interval=600.0, name="kpi-retention")
     async def drop_expired_state() -> None:

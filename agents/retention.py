@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from agents.periods import KIND_OF_PREFIX, Calendar
@@ -19,7 +19,7 @@ def expired_keys(items: Iterable[tuple[str, Any]], config: PulseConfig, now: flo
     Only keys of ``partitions`` (the ones this worker owns) are considered, so a worker
     never writes tombstones for standby state. A day of slack covers timezones.
     """
-    today = datetime.fromtimestamp(now, timezone.utc).date()
+    today = datetime.fromtimestamp(now, UTC).date()
     oldest_seen_day = int(now // _DAY) - int(config.dedup_horizon.total_seconds() // _DAY) - 1
     doomed = []
     for key, value in items:

@@ -50,7 +50,7 @@ Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 def _check_timezone(name: str) -> str:
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: 'America'
         raise ValueError(f"unknown IANA timezone {name!r}") from exc
     return name
 

@@ -11,7 +11,7 @@ from typing import Any
 import faust
 
 from app.settings import Settings
-from app.tables import PartitionedTable
+from app.tables import AwaitableGlobalTable, PartitionedTable
 
 
 @dataclass
@@ -35,6 +35,8 @@ def create_app(settings: Settings) -> Pulse:
         store="memory://",
         datadir=str(settings.data_dir / settings.app_id),
         Table=PartitionedTable,
+        GlobalTable=AwaitableGlobalTable,
+        web_tables_enabled=False,  # /table/<name>/<key> would expose per-person data
         processing_guarantee="at_least_once",
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication,

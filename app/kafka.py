@@ -6,7 +6,7 @@ import contextlib
 import logging
 from collections.abc import Iterable
 
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
@@ -52,6 +52,25 @@ def ensure_topics(settings: Settings) -> None:
             logger.info("created topics: %s", ", ".join(t.name for t in missing))
     finally:
         admin.close()
+    _check_partitions(settings)
+
+
+def _check_partitions(settings: Settings) -> None:
+    """Refuse to run when crm.activities has another partition count than configured.
+
+    Ingest recomputes each user's home partition from ``settings.partitions``; a mismatch
+    would forward records forever between partitions.
+    """
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers(settings.kafka))
+    try:
+        found = consumer.partitions_for_topic(settings.topics.activities) or set()
+    finally:
+        consumer.close()
+    if found and len(found) != settings.partitions:
+        raise SystemExit(
+            f"{settings.topics.activities} has {len(found)} partitions but "
+            f"CRM_PULSE_PARTITIONS={settings.partitions}; set it to {len(found)}"
+        )
 
 
 def make_producer(settings: Settings, **overrides: object) -> KafkaProducer:

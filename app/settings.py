@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.config import PulseConfig, load_config
@@ -46,7 +46,8 @@ class Settings(BaseSettings):
     partitions: int = Field(8, ge=1, description="Partitions for topics created on start.")
     replication: int = Field(1, ge=1, description="Replication factor for created topics.")
     data_dir: Path = Field(Path(".crm-pulse"), description="Worker data directory.")
-    max_body_bytes: int = Field(1_048_576, description="Largest accepted webhook body.")
+    max_body_bytes: int = Field(
+        524_288, description="Largest accepted webhook body (below the 1 MB record limit).")
     max_event_bytes: int = Field(65_536, description="Largest accepted single event.")
     batch_max: int = Field(10_000, description="Most records taken per processing batch.")
     batch_within_s: float = Field(0.05, description="Longest wait to fill a batch (latency).")
@@ -58,6 +59,13 @@ class Settings(BaseSettings):
         None, description="HMAC secret for /webhooks/generic (unset: unsigned, local dev)."
     )
     log_level: str = Field("info", description="Worker log level.")
+
+    @field_validator("generic_webhook_secret")
+    @classmethod
+    def _no_empty_secret(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None and not secret.get_secret_value():
+            raise ValueError("an empty secret would let anyone sign; unset it instead")
+        return secret
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``CRM_PULSE_*`` variables, for child processes."""

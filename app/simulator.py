@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -292,7 +292,7 @@ def backfill_times(
     local_now = local_time(person, now_utc)
     start = datetime.combine(
         local_now.date(), dtime(BACKFILL_START_HOUR), local_now.tzinfo
-    ).astimezone(timezone.utc)
+    ).astimezone(UTC)
     rate, slot, times = hourly_rate(person), timedelta(minutes=15), []
     cursor = start
     while cursor < now_utc:
@@ -410,7 +410,7 @@ def run_simulator(
             if write_roster:
                 write_profiles(settings, office, producer=producer)
             if backfill and not stop.is_set():
-                now = datetime.now(timezone.utc)
+                now = datetime.now(UTC)
                 events = backfill_events(rng, office, now, calendar, run=f"{run}-b")
                 events = events if count is None else events[:count]
                 for key, value in group_records(events):
@@ -460,7 +460,7 @@ def _live(
             continue
         budget = due - sent if count is None else min(due - sent, count - already - sent)
         for _ in range(min(budget, 1000)):
-            moment = datetime.now(timezone.utc)
+            moment = datetime.now(UTC)
             person = pick_person(rng, office, moment, calendar)
             event = generate_event(rng, person, moment, sent, run=run)
             sender.send(person.user_id.encode(), orjson.dumps(event))

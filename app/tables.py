@@ -1,9 +1,15 @@
-"""A Faust table whose changelog partition can be named explicitly.
+"""Faust tables whose changelog writes can be placed and awaited explicitly.
 
-Faust picks a table write's changelog partition from the *current event*. When a batch
-from ``take_events`` is written back after the loop, the current event is the batch's
-last one, which may belong to another partition; recovery would then restore the key on
-the wrong worker. :func:`changelog_partition` says which partition a write belongs to.
+Two gaps in faust-streaming 0.15.3 that exactness depends on:
+
+- A table write's changelog partition comes from the *current event*. When a batch from
+  ``take_events`` is written back after the loop, that is the batch's last event, which may
+  belong to another partition; recovery would restore the key on the wrong worker.
+  :func:`changelog_partition` names the partition instead.
+- Changelog records go through ``ProducerBuffer``, whose ``flush()`` (called before every
+  offset commit) gives up after 100 ms without a send, so a commit can overtake its own
+  batch's changelog. :func:`collecting_sends` gathers the send futures of a block so the
+  agent can wait for the broker's acknowledgement before it acks the batch.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any
 import faust
 
 _partition: ContextVar[int | None] = ContextVar("crm_pulse_changelog_partition", default=None)
+_pending: ContextVar[list[Any] | None] = ContextVar("crm_pulse_pending_sends", default=None)
 
 
 @contextmanager
@@ -28,11 +35,37 @@ def changelog_partition(partition: int) -> Iterator[None]:
         _partition.reset(token)
 
 
-class PartitionedTable(faust.Table):
-    """``faust.Table`` that honours :func:`changelog_partition` (installed as ``Table``)."""
+@contextmanager
+def collecting_sends() -> Iterator[list[Any]]:
+    """Collect the futures of every changelog write made inside the block (await them)."""
+    pending: list[Any] = []
+    token = _pending.set(pending)
+    try:
+        yield pending
+    finally:
+        _pending.reset(token)
+
+
+class _AwaitableChangelog:
+    """Mixin: record each changelog send future in the active :func:`collecting_sends`."""
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        future = super().send_changelog(*args, **kwargs)  # type: ignore[misc]
+        pending = _pending.get()
+        if pending is not None:
+            pending.append(future)
+        return future
+
+
+class PartitionedTable(_AwaitableChangelog, faust.Table):
+    """``faust.Table`` honouring :func:`changelog_partition` (installed as ``Table``)."""
 
     def partition_for_key(self, key: Any) -> int | None:
         partition = _partition.get()
         if partition is None:
             return super().partition_for_key(key)
         return partition
+
+
+class AwaitableGlobalTable(_AwaitableChangelog, faust.GlobalTable):
+    """``faust.GlobalTable`` whose writes can be awaited (installed as ``GlobalTable``)."""

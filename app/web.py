@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +41,7 @@ def register_views(pulse: Pulse) -> None:
                             f"period must be one of {', '.join(config.periods)}")
         at_text = request.query.get("at")
         if at_text is None:
-            return kind, datetime.now(timezone.utc)
+            return kind, datetime.now(UTC)
         try:
             at = datetime.fromisoformat(at_text)
         except ValueError:

@@ -20,8 +20,8 @@ ACTIONS = ("created", "updated", "completed", "deleted", "reassigned")
 _IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _RFC3339 = re.compile(
-    r"^(20[0-9]{2}|2100)-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
-    r"([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+    r"^(20[0-9]{2}|2100)-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?"
+    r"(Z|[+-][0-9]{2}:[0-9]{2})$"
 )
 
 
@@ -77,6 +77,13 @@ _BY_NAME = {f.name: f for f in FIELDS}
 REQUIRED = tuple(f.name for f in FIELDS if f.required)
 
 
+def _nullable(field: Field) -> dict[str, Any]:
+    """Optional fields may be null, which means absent."""
+    if field.required:
+        return field.schema
+    return {"anyOf": [field.schema, {"type": "null"}]}
+
+
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of one canonical activity event (unknown fields allowed)."""
     return {
@@ -85,7 +92,7 @@ def json_schema() -> dict[str, Any]:
         "title": "Canonical CRM activity event",
         "type": "object",
         "required": list(REQUIRED),
-        "properties": {f.name: f.schema for f in FIELDS},
+        "properties": {f.name: _nullable(f) for f in FIELDS},
         "additionalProperties": True,
     }
 
@@ -135,11 +142,17 @@ def validate_event(event: Any) -> dict[str, Any]:
     for name in REQUIRED:
         if name not in event or event[name] is None:
             raise Rejection(f"schema:{name}", f"missing required field {name}")
+    absent = []
     for name, value in event.items():
         field = _BY_NAME.get(name)
-        if field is None or (value is None and not field.required):
+        if field is None:
             continue
-        _check_field(field, value)
+        if value is None:
+            absent.append(name)
+        else:
+            _check_field(field, value)
+    for name in absent:
+        del event[name]
     parse_timestamp(event["occurred_at"])
     event.setdefault("action", "created")
     event.setdefault("source", "generic")

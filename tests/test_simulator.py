@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -34,16 +34,16 @@ from schemas.activity import validate_event
 
 CALENDAR = Calendar()
 # Tuesday 24 Nov 2026: 14:30 in Berlin (+01:00), 01:30 on Wednesday in Sydney (+11:00).
-BERLIN_AFTERNOON = datetime(2026, 11, 24, 13, 30, tzinfo=timezone.utc)
+BERLIN_AFTERNOON = datetime(2026, 11, 24, 13, 30, tzinfo=UTC)
 # Wednesday 25 Nov 2026: 16:00 in Sydney, 06:00 in Berlin.
-SYDNEY_AFTERNOON = datetime(2026, 11, 25, 5, 0, tzinfo=timezone.utc)
+SYDNEY_AFTERNOON = datetime(2026, 11, 25, 5, 0, tzinfo=UTC)
 MOMENTS = [
     BERLIN_AFTERNOON,
     SYDNEY_AFTERNOON,
-    datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc),  # Saturday
-    datetime(2026, 3, 29, 7, 30, tzinfo=timezone.utc),  # Berlin DST switch day
-    datetime(2026, 12, 24, 10, 0, tzinfo=timezone.utc),  # holiday in the default config
-    datetime(2026, 11, 24, 23, 59, 59, tzinfo=timezone.utc),
+    datetime(2026, 11, 28, 12, 0, tzinfo=UTC),  # Saturday
+    datetime(2026, 3, 29, 7, 30, tzinfo=UTC),  # Berlin DST switch day
+    datetime(2026, 12, 24, 10, 0, tzinfo=UTC),  # holiday in the default config
+    datetime(2026, 11, 24, 23, 59, 59, tzinfo=UTC),
 ]
 
 
@@ -151,7 +151,7 @@ def test_live_picks_people_in_their_working_hours_but_never_stops() -> None:
     assert berlin_day["team-service"] < 0.05 * 3000
     sydney_day = teams(SYDNEY_AFTERNOON)
     assert sydney_day["team-service"] > 0.6 * 3000
-    weekend = teams(datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc))
+    weekend = teams(datetime(2026, 11, 28, 12, 0, tzinfo=UTC))
     assert set(weekend) == {"team-north", "team-south", "team-service"}
 
 
@@ -177,7 +177,7 @@ def test_backfill_stays_inside_the_local_working_day(now: datetime) -> None:
 
 def test_backfill_counts_are_realistic() -> None:
     office = build_office(5)
-    now = datetime(2026, 11, 24, 17, 0, tzinfo=timezone.utc)  # 18:00 in Berlin: a full day
+    now = datetime(2026, 11, 24, 17, 0, tzinfo=UTC)  # 18:00 in Berlin: a full day
     events = backfill_events(random.Random(5), office, now, CALENDAR)
     reps = [p.user_id for p in office if p.role == "sales_rep"]
     calls = Counter(e["user_id"] for e in events if e["type"] == "call")
@@ -186,13 +186,13 @@ def test_backfill_counts_are_realistic() -> None:
     assert max(per_rep) - min(per_rep) >= 3  # people differ: boards have a story
     # Sydney's day has not started yet (04:00 local): nobody there has events.
     assert not [e for e in events if e["team_id"] == "team-service"]
-    weekend = datetime(2026, 11, 28, 17, 0, tzinfo=timezone.utc)
+    weekend = datetime(2026, 11, 28, 17, 0, tzinfo=UTC)
     assert len(backfill_events(random.Random(5), office, weekend, CALENDAR)) < len(events) / 10
 
 
 def test_backfill_before_eight_is_empty() -> None:
     person = build_office(1)[0]
-    early = datetime(2026, 11, 24, 6, 59, tzinfo=timezone.utc)  # 07:59 in Berlin
+    early = datetime(2026, 11, 24, 6, 59, tzinfo=UTC)  # 07:59 in Berlin
     assert backfill_times(random.Random(1), person, early, CALENDAR) == []
 
 
@@ -279,5 +279,5 @@ def test_backfill_counts_towards_count(make_settings) -> None:
     assert code == 0
     events = decode(read_records(settings, settings.topics.activities, expected=40))
     assert len(events) == 40
-    now = datetime.now(timezone.utc) + timedelta(seconds=1)
+    now = datetime.now(UTC) + timedelta(seconds=1)
     assert all(datetime.fromisoformat(e["occurred_at"]) <= now for e in events)

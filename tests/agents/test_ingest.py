@@ -8,7 +8,7 @@ import orjson
 import pytest
 from factories import event, record
 
-from agents.ingest import Ingestor, UserInfo, team_key, user_key
+from agents.ingest import Ingestor, UserInfo, partition_of, team_key, user_key
 from app.config import PulseConfig, load_config
 from app.settings import DEFAULT_CONFIG
 
@@ -20,12 +20,13 @@ ROSTER = {
 BERLIN_DAY_END = 1795388400.0  # 2026-11-22T23:00Z, the end of Berlin's 2026-11-22
 
 
-def make_ingestor(strict: bool = False, max_event_bytes: int = 65_536) -> Ingestor:
+def make_ingestor(strict: bool = False, max_event_bytes: int = 65_536,
+                  partitions: int = 1) -> Ingestor:
     config = load_config(DEFAULT_CONFIG)
     if strict:
         config = PulseConfig.model_validate(
             {**config.model_dump(), "roster": {"strict": True}})
-    return Ingestor(config, max_event_bytes, ROSTER.get)
+    return Ingestor(config, max_event_bytes, partitions, ROSTER.get)
 
 
 class Store(dict):
@@ -185,15 +186,62 @@ def test_corrections_do_not_count_until_the_ledger_handles_them() -> None:
 
 def test_team_partials_sum_members_per_partition() -> None:
     store = Store()
-    store.run(make_ingestor(), [
-        record(event(user_id="alice"), 0, partition=0),
-        record(event(user_id="bruce", occurred_at="2026-11-23T01:00:00Z"), 0, partition=1),
-        record(event(user_id="carol", team_id="north"), 1, partition=0),  # event's team wins
-        record(event(user_id="carol"), 2, partition=0),
+    ingestor = make_ingestor(partitions=4)
+
+    def at_home(value: dict, offset: int) -> object:
+        return record(value, offset, partition=partition_of(value["user_id"].encode(), 4))
+
+    store.run(ingestor, [
+        at_home(event(user_id="alice"), 0),
+        at_home(event(user_id="bruce", occurred_at="2026-11-23T01:00:00Z"), 1),
+        at_home(event(user_id="carol", team_id="north"), 2),  # the event's team wins
+        at_home(event(user_id="carol"), 3),
     ])
-    north = [store.get(team_key("d:2026-11-23", p, "north")) for p in range(2)]
-    assert make_ingestor().kpis.read(north)["calls"] == 3
-    assert store.value(team_key("d:2026-11-23", 0, "south"), "calls") == 1
+    north = [store.get(team_key("d:2026-11-23", p, "north")) for p in range(4)]
+    assert ingestor.kpis.read(north)["calls"] == 3
+    south = [store.get(team_key("d:2026-11-23", p, "south")) for p in range(4)]
+    assert ingestor.kpis.read(south)["calls"] == 1
+
+
+def test_team_periods_use_the_team_timezone() -> None:
+    """Bruce (Sydney) calls at 09:00 on his 24th: still the 23rd for his Berlin team."""
+    store = Store()
+    store.run(make_ingestor(), [record(event(user_id="bruce",
+                                             occurred_at="2026-11-24T09:00:00+11:00"), 0)])
+    assert store.value(user_key("d:2026-11-24", "bruce"), "calls") == 1
+    assert store.value(team_key("d:2026-11-23", 0, "north"), "calls") == 1
+
+
+def test_records_on_the_wrong_partition_are_forwarded() -> None:
+    ingestor = make_ingestor(partitions=4)
+    home = partition_of(b"alice", 4)
+    result = Store().run(ingestor, [record(event(), 0, partition=(home + 1) % 4)])
+    assert [key for key, _, _ in result.forwards] == [b"alice"]
+    assert result.writes == {}
+
+
+def test_tombstones_and_bad_timestamps_go_to_the_dlq() -> None:
+    tombstone = record(b"", 0, key="alice")
+    tombstone = type(tombstone)(tombstone.topic, 0, 0, tombstone.timestamp, b"alice", None)
+    future = record(event(), 1, arrival=1e17)
+    result = Store().run(make_ingestor(), [tombstone, future])
+    assert reasons(result) == ["invalid_json", "bad_timestamp"]
+
+
+def test_redelivery_stamped_a_day_earlier_is_still_a_duplicate() -> None:
+    store = Store()
+    call = event(occurred_at="2026-11-23T23:59:00+00:00")
+    store.run(make_ingestor(), [record(call, 0, arrival=1795478400.5)])  # 2026-11-24T00:00Z
+    result = store.run(make_ingestor(), [record(call, 1, arrival=1795478399.5)])
+    assert result.duplicates == 1
+
+
+def test_duplicate_of_a_counted_event_is_not_reported_late() -> None:
+    store = Store()
+    call = event(occurred_at="2026-11-22T20:00:00Z")
+    store.run(make_ingestor(), [record(call, 0, arrival=BERLIN_DAY_END + 60)])
+    result = store.run(make_ingestor(), [record(call, 1, arrival=BERLIN_DAY_END + 5 * 3600)])
+    assert (result.duplicates, reasons(result)) == (1, [])
 
 
 def test_user_timezone_decides_the_day() -> None:
@@ -207,7 +255,7 @@ def test_user_timezone_decides_the_day() -> None:
 def test_records_not_keyed_by_their_user_are_forwarded_not_counted() -> None:
     store = Store()
     result = store.run(make_ingestor(), [record(event(user_id="carol"), 0, key="alice")])
-    assert [key for key, _ in result.forwards] == [b"carol"]
+    assert [key for key, _, _ in result.forwards] == [b"carol"]
     assert store == {}
 
 

@@ -1,4 +1,4 @@
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pytest
 
@@ -41,7 +41,7 @@ def test_month_and_year_boundaries_follow_local_time() -> None:
 
 
 def test_period_bounds_across_dst_change() -> None:
-    period = Calendar(ALL).period("day", datetime(2026, 3, 29, 12, tzinfo=timezone.utc),
+    period = Calendar(ALL).period("day", datetime(2026, 3, 29, 12, tzinfo=UTC),
                                   zone("Europe/Berlin"))
     assert period.start.isoformat() == "2026-03-29T00:00:00+01:00"
     assert period.end.isoformat() == "2026-03-30T00:00:00+02:00"
@@ -49,7 +49,7 @@ def test_period_bounds_across_dst_change() -> None:
 
 
 def test_rolling_period_is_made_of_its_days() -> None:
-    period = Calendar(ALL).period("rolling_7d", datetime(2026, 11, 23, 9, tzinfo=timezone.utc),
+    period = Calendar(ALL).period("rolling_7d", datetime(2026, 11, 23, 9, tzinfo=UTC),
                                   zone("UTC"))
     assert period.bucket_keys[0] == "d:2026-11-17"
     assert period.bucket_keys[-1] == "d:2026-11-23"
@@ -59,7 +59,7 @@ def test_rolling_period_is_made_of_its_days() -> None:
 
 def test_week_month_quarter_periods() -> None:
     calendar = Calendar(ALL)
-    at = datetime(2026, 11, 25, 9, tzinfo=timezone.utc)
+    at = datetime(2026, 11, 25, 9, tzinfo=UTC)
     week = calendar.period("week", at, zone("UTC"))
     assert (week.start.date(), week.end.date()) == (date(2026, 11, 23), date(2026, 11, 30))
     month = calendar.period("month", at, zone("UTC"))

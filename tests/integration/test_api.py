@@ -6,7 +6,7 @@ import base64
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -68,7 +68,7 @@ def call(settings: Settings, method: str, path: str, body: Any = None, *,
 
 
 def now_iso(delta: timedelta = timedelta()) -> str:
-    return (datetime.now(timezone.utc) + delta).isoformat()
+    return (datetime.now(UTC) + delta).isoformat()
 
 
 def kpi(settings: Settings, scope: str, ident: str, name: str, period: str = "day") -> Any:
@@ -99,7 +99,7 @@ def test_kpi_response_contract(api: Settings) -> None:
     assert body["period"]["tz"] == "Europe/Berlin"
     start = datetime.fromisoformat(body["period"]["start"])
     end = datetime.fromisoformat(body["period"]["end"])
-    assert start <= datetime.now(timezone.utc) < end
+    assert start <= datetime.now(UTC) < end
     assert body["kpis"]["calls"]["target"] == 10  # sales_rep daily target
     assert body["kpis"]["emails"]["target"] is None
     status, team, _ = call(api, "GET", "/api/kpis/teams/north?period=day")

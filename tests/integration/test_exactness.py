@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -47,7 +47,7 @@ def office_stream(rng: random.Random, now: datetime, events: int) -> list[dict]:
 
 def test_sigkill_restart_yields_exactly_the_uninterrupted_tables(make_settings, worker_factory):
     rng = random.Random(20261123)
-    now = datetime.now(timezone.utc).astimezone(ZoneInfo("Europe/Berlin"))  # config default
+    now = datetime.now(UTC).astimezone(ZoneInfo("Europe/Berlin"))  # config default
     events = office_stream(rng, now, 24_000)
     settings = make_settings(session_timeout_s=6)
     records = [(e["user_id"].encode(), orjson.dumps(e)) for e in events]

@@ -1,0 +1,35 @@
+from datetime import UTC, datetime
+
+from agents.retention import expired_keys
+from app.config import load_config
+from app.settings import DEFAULT_CONFIG
+
+CONFIG = load_config(DEFAULT_CONFIG)  # retention: hour 3d, day 40d, week 120d, month 400d
+NOW = datetime(2026, 11, 23, 12, tzinfo=UTC).timestamp()
+TODAY = int(NOW // 86_400)
+
+
+def bucket(partition: int = 0) -> dict:
+    return {"p": partition, "o": 1, "n": {}, "s": {}}
+
+
+def test_only_expired_keys_of_owned_partitions_are_dropped() -> None:
+    items = {
+        "u|h:2026-11-23T10|ana": bucket(),
+        "u|h:2026-11-18T10|ana": bucket(),          # 5 days > 3 d
+        "u|d:2026-10-20|ana": bucket(),             # 34 days: kept
+        "u|d:2026-10-01|ana": bucket(),             # 53 days > 40 d
+        "t|w:2026-07-06|0|north": bucket(),         # ~140 days > 120 d + a week
+        "t|m:2026-01|0|north": bucket(),            # kept (month retention 400 d)
+        "u|d:2026-10-01|ben": bucket(partition=3),  # expired, but partition 3 is not ours
+        f"s|{TODAY - 3}|ana": {"p": 0, "ids": {}},  # inside the 7-day dedup horizon
+        f"s|{TODAY - 9}|ana": {"p": 0, "ids": {}},  # outside it
+    }
+    doomed = dict(expired_keys(items.items(), CONFIG, NOW, partitions={0, 1}))
+    assert sorted(doomed) == sorted([
+        "u|h:2026-11-18T10|ana",
+        "u|d:2026-10-01|ana",
+        "t|w:2026-07-06|0|north",
+        f"s|{TODAY - 9}|ana",
+    ])
+    assert set(doomed.values()) == {0}
