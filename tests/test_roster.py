@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import jsonschema
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka_tools import read_topic
 
-from app.kafka import bootstrap_servers
 from app.roster import (
     Profile,
     RosterError,
@@ -201,32 +199,11 @@ def test_a_broken_kpi_config_is_reported_as_roster_problems(tmp_path: Path) -> N
     assert caught.value.problems[0].startswith(f"{config}:1: kpis.calls.count")
 
 
-def read_topic(settings: Settings, topic: str, expected: int, timeout: float = 30) -> list:
-    """Every record of ``topic`` from the beginning (stops once ``expected`` were seen)."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers(settings.kafka),
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        records: list = []
-        deadline = time.monotonic() + timeout
-        while len(records) < expected and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
-        return records
-    finally:
-        consumer.close()
-
-
 @pytest.mark.integration
 def test_import_writes_every_profile_keyed_by_user_id(make_settings) -> None:
     settings = make_settings()
     assert import_csv(EXAMPLE, settings) == 6
-    records = read_topic(settings, settings.topics.roster, expected=6)
+    records = read_topic(settings, settings.topics.roster)
     expected = {p.user_id: p for p in read_csv(EXAMPLE, ROLES)}
     assert len(records) == 6
     assert {r.key.decode(): parse_profile(r.value) for r in records} == expected

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import random
-import time
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka_tools import read_topic
 
 from app.config import Calendar
-from app.kafka import bootstrap_servers
 from app.roster import parse_profile
 from app.settings import Settings
 from app.simulator import (
@@ -213,37 +211,6 @@ def test_group_records_keeps_each_users_events_in_arrays() -> None:
     )
 
 
-def read_records(settings: Settings, topic: str, expected: int, settle_s: float = 1.0) -> list:
-    """Records of ``topic`` from the beginning, until ``expected`` events (arrays counted
-    by their events) were seen, plus ``settle_s`` more so that extra records would show."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers(settings.kafka),
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        records: list = []
-        seen = 0
-        deadline = time.monotonic() + 30
-        while seen < expected and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
-                seen += sum(_size(r.value) for r in batch)
-        for batch in consumer.poll(timeout_ms=int(settle_s * 1000)).values():
-            records.extend(batch)
-        return records
-    finally:
-        consumer.close()
-
-
-def _size(value: bytes) -> int:
-    payload = orjson.loads(value)
-    return len(payload) if isinstance(payload, list) else 1
-
-
 def decode(records: list) -> list[dict]:
     """Events of activity records (one event or an array of one user's events each)."""
     events = []
@@ -260,13 +227,13 @@ def test_run_simulator_produces_exactly_count_events(make_settings) -> None:
     settings = make_settings()
     code = run_simulator(settings, rate=500.0, count=200, backfill=False, seed=4, write_roster=True)
     assert code == 0
-    events = decode(read_records(settings, settings.topics.activities, expected=200))
+    events = decode(read_topic(settings, settings.topics.activities))
     assert len(events) == 200
     assert len({e["event_id"] for e in events}) == 200
     for event in events:
         validate_event(event)
     office = build_office(4)
-    roster = read_records(settings, settings.topics.roster, expected=len(office))
+    roster = read_topic(settings, settings.topics.roster)
     assert {r.key.decode(): parse_profile(r.value) for r in roster} == {
         p.user_id: p for p in office
     }
@@ -277,7 +244,7 @@ def test_backfill_counts_towards_count(make_settings) -> None:
     settings = make_settings()
     code = run_simulator(settings, rate=0, count=40, backfill=True, seed=4, write_roster=False)
     assert code == 0
-    events = decode(read_records(settings, settings.topics.activities, expected=40))
+    events = decode(read_topic(settings, settings.topics.activities))
     assert len(events) == 40
     now = datetime.now(UTC) + timedelta(seconds=1)
     assert all(datetime.fromisoformat(e["occurred_at"]) <= now for e in events)
