@@ -12,6 +12,14 @@ import faust
 
 from app.settings import Settings
 from app.tables import AwaitableGlobalTable, PartitionedTable
+from app.transport import new_transport
+
+
+class PulseApp(faust.App):
+    """``faust.App`` using :mod:`app.transport` (correct changelog highwaters on tansu)."""
+
+    def _new_transport(self) -> Any:
+        return new_transport(self)
 
 
 @dataclass
@@ -29,7 +37,7 @@ class Pulse:
 
 def create_app(settings: Settings) -> Pulse:
     """A configured Faust app with the CRM Pulse agents, tables and web views."""
-    app = faust.App(
+    app = PulseApp(
         settings.app_id,
         broker=settings.kafka,
         store="memory://",

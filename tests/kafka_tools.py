@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -21,10 +22,26 @@ def produce(settings: Settings, records: list[tuple[bytes | None, bytes]],
 
 
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers(settings.kafka))
+    """Log-end offsets from a Fetch's high watermark (tansu's ListOffsets counts batches)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers(settings.kafka),
+                             enable_auto_commit=False)
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        return {tp.partition: offset for tp, offset in consumer.end_offsets(partitions).items()}
+        ends = {tp.partition: 0 for tp in partitions}
+        listed = consumer.end_offsets(partitions)
+        wanted = [tp for tp in partitions if listed[tp]]
+        consumer.assign(wanted)
+        for tp in wanted:
+            consumer.seek(tp, listed[tp] - 1)
+        deadline = time.monotonic() + 15
+        while wanted and time.monotonic() < deadline:
+            consumer.poll(timeout_ms=200, max_records=1)
+            for tp in list(wanted):
+                if consumer.highwater(tp) is not None:
+                    ends[tp.partition] = consumer.highwater(tp)
+                    wanted.remove(tp)
+        assert not wanted, f"no fetch answer for {wanted}"
+        return ends
     finally:
         consumer.close()
 

@@ -1,0 +1,72 @@
+"""Faust's aiokafka transport, with log-end offsets taken from Fetch responses.
+
+Table recovery reads each changelog partition up to its highwater, which Faust asks for
+with ListOffsets(latest). The tansu broker answers that with the last *batch's* base
+offset + 1 (10 records produced in one batch: end offset 1), so recovery stopped short
+and lost the newest table values. The high watermark in a Fetch response is right on
+tansu and on Apache Kafka alike, so highwaters are confirmed with one fetch.
+Pinned to faust-streaming 0.15.3 (``tests/app/test_transport.py`` guards it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+FETCH_DEADLINE_S = 10.0
+
+
+async def fetched_highwaters(bootstrap: list[str], listed: Mapping[TP, int]) -> dict[TP, int]:
+    """The Fetch-reported high watermark of each partition (at least ``listed``)."""
+    result = dict(listed)
+    wanted = {TopicPartition(tp.topic, tp.partition): tp for tp, end in listed.items() if end}
+    if not wanted:
+        return result
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                fetch_max_bytes=1, max_partition_fetch_bytes=1)
+    await consumer.start()
+    try:
+        consumer.assign(list(wanted))
+        for partition, tp in wanted.items():
+            consumer.seek(partition, listed[tp] - 1)
+        deadline = time.monotonic() + FETCH_DEADLINE_S
+        while wanted and time.monotonic() < deadline:
+            await consumer.getmany(*wanted, timeout_ms=200)
+            for partition in list(wanted):
+                highwater = consumer.highwater(partition)
+                if highwater is not None:
+                    tp = wanted.pop(partition)
+                    result[tp] = max(result[tp], highwater)
+    finally:
+        await consumer.stop()
+    if wanted:
+        raise TimeoutError(f"no fetch answered for {sorted(wanted.values())}; is the broker up?")
+    return result
+
+
+class LogEndConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    async def _highwaters(self, partitions: Iterable[TP]) -> Mapping[TP, int]:
+        listed = await super()._highwaters(list(partitions))
+        bootstrap = faust_aiokafka.server_list(self.transport.url, self.transport.default_port)
+        return await fetched_highwaters(bootstrap, listed)
+
+
+class LogEndConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> LogEndConsumerThread:
+        return LogEndConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class Transport(faust_aiokafka.Transport):
+    """The aiokafka transport with :class:`LogEndConsumer`."""
+
+    Consumer = LogEndConsumer
+
+
+def new_transport(app: Any) -> Transport:
+    """What ``faust.App._new_transport`` builds, with this module's transport."""
+    return Transport(app.conf.broker_consumer, app)
