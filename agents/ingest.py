@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 from aiokafka.partitioner import murmur2
 
+from agents.achievements import AchievementRules, Award
 from agents.kpis import KpiFolder, new_bucket
 from agents.periods import Calendar, zone
 from app.config import PulseConfig
@@ -56,6 +57,7 @@ class UserInfo:
 
     team_id: str | None
     timezone: str | None
+    role: str | None = None
 
 
 @dataclass
@@ -65,6 +67,7 @@ class BatchResult:
     writes: dict[str, dict[str, Any]] = field(default_factory=dict)
     dead_letters: list[tuple[bytes, bytes]] = field(default_factory=list)
     forwards: list[tuple[bytes, bytes, float]] = field(default_factory=list)
+    awards: list[Award] = field(default_factory=list)
     applied: int = 0
     duplicates: int = 0
     replayed: int = 0
@@ -76,6 +79,10 @@ def user_key(period_key: str, user_id: str) -> str:
 
 def team_key(period_key: str, partition: int, team_id: str) -> str:
     return f"t|{period_key}|{partition}|{team_id}"
+
+
+def flags_key(user_id: str) -> str:
+    return f"f||{user_id}"
 
 
 def seen_key(arrival_day: int, digest: str, user_id: str) -> str:
@@ -121,6 +128,7 @@ class Ingestor:
         self.max_event_bytes = max_event_bytes
         self.roster = roster
         self.kpis = KpiFolder(config)
+        self.rules = AchievementRules(config)
         self.calendar = Calendar(config.calendar_periods, config.week_start)
         self.default_tz = config.timezone
         self.team_tz = {team_id: team.timezone for team_id, team in config.teams.items()
@@ -209,16 +217,34 @@ class Ingestor:
         if first_seen is None:
             self._remember(record, user_id, digest, position, batch)
         steps = self.kpis.steps_for(event["type"])
+        team_id = event.get("team_id") or (profile.team_id if profile else None)
+        role = profile.role if profile else None
         applied = False
         for period_key in keys:
-            applied |= batch.apply(user_key(period_key, user_id), record, steps, event, self.kpis)
-        team_id = event.get("team_id") or (profile.team_id if profile else None)
+            key = user_key(period_key, user_id)
+            goals = self.rules.watches(period_key, role)
+            before = [self.rules.value(batch.get(key), w.rule.kpi) for w, _ in goals]
+            bucket = batch.claim(key, record, _new_bucket)
+            if bucket is None:
+                continue
+            applied = True
+            self.kpis.apply(bucket, steps, event)
+            if goals:
+                batch.result.awards.extend(self.rules.crossed(
+                    goals, before, bucket, period_key, user_id, team_id, event["occurred_at"]))
+        if event.get("feature") in self.rules.flags and event["action"] in ("created", "completed"):
+            state = batch.claim(flags_key(user_id), record, _new_flags)
+            if state is not None:
+                batch.result.awards.extend(self.rules.first_uses(
+                    state["r"], event["feature"], user_id, team_id, event["occurred_at"]))
         if team_id:
             team_keys, _ = self.calendar.keys_for(
                 occurred, zone(self.team_tz.get(team_id, self.config.team_timezone)))
             for period_key in team_keys:
-                batch.apply(team_key(period_key, record.partition, team_id), record, steps,
-                            event, self.kpis)
+                bucket = batch.claim(team_key(period_key, record.partition, team_id), record,
+                                     _new_bucket)
+                if bucket is not None:
+                    self.kpis.apply(bucket, steps, event)
         if applied or not steps:
             batch.result.applied += 1
         else:
@@ -279,23 +305,32 @@ class _Batch:
         self.values[key] = (stored.get("o", -1), copy)
         return copy
 
-    def apply(self, key: str, record: Record, steps: list[Any], event: dict[str, Any],
-              kpis: KpiFolder) -> bool:
+    def claim(self, key: str, record: Record,
+              initial: Callable[[int], dict[str, Any]]) -> dict[str, Any] | None:
+        """The value to update for ``record``, or ``None`` if it already holds the record.
+
+        ``initial(partition)`` makes the value of a key not stored yet.
+        """
         entry = self.values.get(key)
         if entry is None:
             stored = self.read(key)
-            if stored is None:
-                entry = (-1, new_bucket(record.partition, record.offset))
-            else:
-                entry = (stored["o"], _copy(stored))
+            entry = (-1, initial(record.partition)) if stored is None else (
+                stored["o"], _copy(stored))
             self.values[key] = entry
-        stored_offset, bucket = entry
+        stored_offset, value = entry
         if record.offset <= stored_offset:
-            return False
-        bucket["o"] = max(bucket["o"], record.offset)
-        kpis.apply(bucket, steps, event)
+            return None
+        value["o"] = max(value["o"], record.offset)
         self.dirty.add(key)
-        return True
+        return value
+
+
+def _new_bucket(partition: int) -> dict[str, Any]:
+    return new_bucket(partition, -1)
+
+
+def _new_flags(partition: int) -> dict[str, Any]:
+    return {"p": partition, "o": -1, "r": {}}
 
 
 def _copy(value: dict[str, Any]) -> dict[str, Any]:

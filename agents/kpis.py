@@ -49,9 +49,8 @@ class KpiFolder:
         return [*(steps or ()), *self._any_type]
 
     @staticmethod
-    def apply(bucket: dict[str, Any], steps: Iterable[_Step], event: dict[str, Any]) -> bool:
-        """Fold one event into ``bucket`` in place; True when anything changed."""
-        changed = False
+    def apply(bucket: dict[str, Any], steps: Iterable[_Step], event: dict[str, Any]) -> None:
+        """Fold one event into ``bucket`` in place."""
         action = event["action"]
         for step in steps:
             if action not in step.actions:
@@ -59,7 +58,6 @@ class KpiFolder:
             if step.kind == "count":
                 numbers = bucket["n"]
                 numbers[step.kpi] = numbers.get(step.kpi, 0) + 1
-                changed = True
                 continue
             value = event.get(step.field) if step.field else None
             if value is None:
@@ -68,13 +66,10 @@ class KpiFolder:
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     numbers = bucket["n"]
                     numbers[step.kpi] = numbers.get(step.kpi, 0) + value
-                    changed = True
             elif isinstance(value, (str, int, float)):
                 values = bucket["s"].setdefault(step.kpi, [])
                 if value not in values:
                     values.append(value)
-                    changed = True
-        return changed
 
     def read(self, buckets: Iterable[dict[str, Any] | None]) -> dict[str, float]:
         """KPI values of the union of ``buckets`` (periods and/or partitions)."""

@@ -57,7 +57,7 @@ def register_agents(pulse: Pulse) -> None:
         profile = roster_table.get(user_id)
         if profile is None:
             return None
-        return UserInfo(profile.get("team_id"), profile.get("timezone"))
+        return UserInfo(profile.get("team_id"), profile.get("timezone"), profile.get("role"))
 
     ingestor = Ingestor(settings.pulse, settings.max_event_bytes, settings.partitions,
                         roster_lookup)
@@ -91,21 +91,31 @@ def register_agents(pulse: Pulse) -> None:
                 for m in (e.message,)
             ]
             result = ingestor.fold(records, kpi_table.get)
-            # No await until every write of the batch is queued: the batch is written whole,
-            # then acked only once the broker has all of it.
+            # Outputs first, state second, acks last: a crash can repeat an output (same
+            # ids), never lose one, and never commit a batch whose state is not stored.
+            # No await inside either block: each is queued whole.
             try:
-                with collecting_sends() as pending:
-                    for key, value in result.writes.items():
-                        with changelog_partition(value["p"]):
-                            kpi_table[key] = value
+                with collecting_sends() as outputs:
+                    emitted_at = time.time()
+                    for award in result.awards:
+                        key, value = award.record(emitted_at)
+                        outputs.append(pulse.achievements.send_soon(key=key, value=value))
                     for key, value in result.dead_letters:
-                        pending.append(pulse.dlq.send_soon(key=key, value=value))
+                        outputs.append(pulse.dlq.send_soon(key=key, value=value))
                     for key, value, timestamp in result.forwards:
-                        pending.append(pulse.activities.send_soon(
+                        outputs.append(pulse.activities.send_soon(
                             key=key, value=value, timestamp=timestamp))
             except Exception:
                 _crash_without_commit()
-            await _acknowledged(pending)
+            await _acknowledged(outputs)
+            try:
+                with collecting_sends() as state:
+                    for key, value in result.writes.items():
+                        with changelog_partition(value["p"]):
+                            kpi_table[key] = value
+            except Exception:
+                _crash_without_commit()
+            await _acknowledged(state)
 
     @app.timer(interval=600.0, name="kpi-retention")
     async def drop_expired_state() -> None:

@@ -65,12 +65,28 @@ def _cmd_roster_import(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_notify(args: argparse.Namespace, settings: Settings) -> int:
+    from app.notifier import run_notifier
+
+    return run_notifier(settings, from_beginning=args.from_beginning)
+
+
 def _cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
     from schemas.files import write_schema_files
 
     for path in write_schema_files(Path(args.out) if args.out else None):
         print(path)
     return 0
+
+
+def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from app.bench import BenchOptions, run_bench
+
+    return run_bench(settings, BenchOptions(
+        kafka=args.kafka, events=args.events, users=args.users, teams=args.teams,
+        partitions=args.partitions, rate=args.rate, latency_seconds=args.latency_seconds,
+        array_size=args.array_size, seed=args.seed, json=args.json,
+    ))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,9 +120,33 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("file", help="CSV with a header row (see docs/roster.md)")
     imp.set_defaults(handler=_cmd_roster_import)
 
+    notify = sub.add_parser("notify", help="example notifier: print each award once (stdout)")
+    notify.add_argument("--stdout", action="store_true", default=True,
+                        help="post to stdout (the only channel of this example)")
+    notify.add_argument("--from-beginning", action="store_true",
+                        help="also post awards published before the notifier started")
+    notify.set_defaults(handler=_cmd_notify)
+
     schemas = sub.add_parser("schemas", help="write the JSON Schema files of every topic")
     schemas.add_argument("--out", help="folder (default: the schemas package)")
     schemas.set_defaults(handler=_cmd_schemas)
+
+    bench = sub.add_parser("bench", help="measure throughput, latency, memory and exactness")
+    bench.add_argument("--kafka", help="use this broker (kafka://host:port) instead of an "
+                       "embedded one; topics get a unique prefix")
+    bench.add_argument("--events", type=int, default=200_000, help="events to produce")
+    bench.add_argument("--users", type=int, default=1_000, help="distinct users")
+    bench.add_argument("--teams", type=int, default=50, help="teams the users are spread over")
+    bench.add_argument("--partitions", type=int, default=4, help="partitions of the topics")
+    bench.add_argument("--rate", type=float, default=2_000.0,
+                       help="events per second of the latency phase")
+    bench.add_argument("--latency-seconds", type=float, default=20.0,
+                       help="duration of the latency phase (0: skip it)")
+    bench.add_argument("--array-size", type=int, default=50,
+                       help="events per record in the JSON-array run")
+    bench.add_argument("--seed", type=int, default=8, help="random seed of the events")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.set_defaults(handler=_cmd_bench)
     return parser
 
 

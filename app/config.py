@@ -139,6 +139,42 @@ class Retention(_Strict):
     year: Duration = timedelta(days=800)
 
 
+class FirstUseRule(_Strict):
+    """One achievement per CRM function ("flag") on its first real use, plus all collected."""
+
+    id: Annotated[str, Field(pattern=_NAME)]
+    kind: Literal["first_use"]
+    flags: list[str] = Field(min_length=1)
+    title: str = "First use: {flag}"
+    all_title: str | None = "All CRM flags collected"
+
+
+class ThresholdRule(_Strict):
+    """The KPI reaches ``value`` within one ``period`` ("10 calls today")."""
+
+    id: Annotated[str, Field(pattern=_NAME)]
+    kind: Literal["threshold"]
+    kpi: str
+    period: Literal[CALENDAR_PERIODS]  # type: ignore[valid-type]
+    value: float = Field(gt=0)
+    title: str
+
+
+class TargetHitRule(_Strict):
+    """The KPI reaches the person's role target for the period."""
+
+    id: Annotated[str, Field(pattern=_NAME)]
+    kind: Literal["target_hit"]
+    kpi: str
+    period: Literal[CALENDAR_PERIODS]  # type: ignore[valid-type]
+    title: str
+
+
+AchievementRule = Annotated[
+    FirstUseRule | ThresholdRule | TargetHitRule, Field(discriminator="kind")
+]
+
+
 class PulseConfig(_Strict):
     """The whole KPI model file."""
 
@@ -155,7 +191,7 @@ class PulseConfig(_Strict):
     roles: dict[str, RoleDef] = Field(default_factory=dict)
     teams: dict[str, TeamDef] = Field(default_factory=dict)
     calendar: Calendar = Calendar()
-    achievements: list[dict[str, Any]] = Field(default_factory=list)
+    achievements: list[AchievementRule] = Field(default_factory=list)
 
     @field_validator("periods")
     @classmethod
@@ -180,6 +216,19 @@ class PulseConfig(_Strict):
                 for period in per_period:
                     if period not in self.periods:
                         raise ValueError(f"{owner}.targets.{kpi_name}: period {period!r} unused")
+        seen: set[str] = set()
+        for rule in self.achievements:
+            if rule.id in seen:
+                raise ValueError(f"achievements: duplicate id {rule.id!r}")
+            seen.add(rule.id)
+            if isinstance(rule, FirstUseRule):
+                continue
+            kpi = self.kpis.get(rule.kpi)
+            if kpi is None or kpi.ratio is not None:
+                raise ValueError(f"achievements.{rule.id}: {rule.kpi!r} is not a count, sum "
+                                 "or distinct KPI")
+            if rule.period not in self.periods:
+                raise ValueError(f"achievements.{rule.id}: period {rule.period!r} unused")
         return self
 
     @property

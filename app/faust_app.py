@@ -30,6 +30,7 @@ class Pulse:
     app: faust.App
     activities: Any
     dlq: Any
+    achievements: Any
     roster_topic: Any
     kpi_table: PartitionedTable
     roster_table: Any
@@ -69,6 +70,7 @@ def create_app(settings: Settings) -> Pulse:
         app=app,
         activities=app.topic(topics.activities, partitions=settings.partitions, **raw),
         dlq=app.topic(topics.dlq, partitions=settings.partitions, **raw),
+        achievements=app.topic(topics.achievements, partitions=settings.partitions, **raw),
         roster_topic=app.topic(topics.roster, partitions=settings.partitions, **raw),
         kpi_table=app.Table("kpi", partitions=settings.partitions, key_type=str),
         roster_table=app.GlobalTable(

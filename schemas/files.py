@@ -64,6 +64,36 @@ def dlq_schema() -> dict[str, Any]:
     }
 
 
+def achievements_schema() -> dict[str, Any]:
+    """``crm.achievements``: one award; consumers deduplicate by ``achievement_id``."""
+    text = {"type": "string"}
+    return {
+        "$schema": _DRAFT,
+        "$id": "crm-pulse/crm.achievements",
+        "title": "crm.achievements record value (key: user_id)",
+        "type": "object",
+        "required": ["achievement_id", "rule", "kind", "user_id", "team_id", "period", "value",
+                     "target", "occurred_at", "emitted_at", "title", "message"],
+        "properties": {
+            "achievement_id": {**text, "pattern": "^[0-9a-f]{32}$",
+                               "description": "hash of rule, user and period; the dedup key"},
+            "rule": {**text, "description": "the rule's id in the KPI config"},
+            "kind": {"enum": ["first_use", "threshold", "target_hit"]},
+            "user_id": text,
+            "team_id": {"type": ["string", "null"]},
+            "period": {**text, "description": "bucket key (d:2026-11-23, w:…, m:…) or "
+                                              "flag:<function> / flag:* for first use"},
+            "value": {"type": "number", "description": "the KPI value that earned it"},
+            "target": {"type": ["number", "null"], "description": "the goal that was reached"},
+            "occurred_at": {**text, "description": "event time of the event that earned it"},
+            "emitted_at": {**text, "format": "date-time"},
+            "title": text,
+            "message": text,
+        },
+        "additionalProperties": False,
+    }
+
+
 def schema_documents() -> dict[str, dict[str, Any]]:
     from app.roster import roster_json_schema
 
@@ -71,6 +101,7 @@ def schema_documents() -> dict[str, dict[str, Any]]:
         "crm.activities.schema.json": activities_schema(),
         "crm.activities.dlq.schema.json": dlq_schema(),
         "crm.roster.schema.json": roster_json_schema(),
+        "crm.achievements.schema.json": achievements_schema(),
     }
 
 

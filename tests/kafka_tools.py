@@ -93,8 +93,11 @@ def table_state(settings: Settings, table: str = "kpi") -> dict[str, dict[str, A
             state.pop(key, None)
         else:
             state[key] = orjson.loads(record.value)
-    return {
-        key: {"n": value["n"], "s": {k: sorted(v) for k, v in value["s"].items()}}
-        for key, value in state.items()
-        if not key.startswith("s|")
-    }
+    return {key: _content(key, value) for key, value in state.items() if not key.startswith("s|")}
+
+
+def _content(key: str, value: dict[str, Any]) -> dict[str, Any]:
+    """A state value without bookkeeping (offset watermark, partition, list order)."""
+    if key.startswith("f|"):
+        return {rule: sorted(flags) for rule, flags in value["r"].items()}
+    return {"n": value["n"], "s": {k: sorted(v) for k, v in value["s"].items()}}

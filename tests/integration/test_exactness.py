@@ -7,13 +7,15 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import jsonschema
 import orjson
 import pytest
-from kafka_tools import all_committed, committed, produce, table_state
+from kafka_tools import all_committed, committed, produce, read_topic, table_state
 
 from agents.ingest import user_key
 from app.embedded import free_port, settings_with, wait_until
 from app.kafka import ensure_topics
+from schemas.files import achievements_schema
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +47,11 @@ def office_stream(rng: random.Random, now: datetime, events: int) -> list[dict]:
     return stream
 
 
+def awards(settings) -> list[dict]:
+    """Every delivery on the run's crm.achievements topic."""
+    return [orjson.loads(r.value) for r in read_topic(settings, settings.topics.achievements)]
+
+
 def test_sigkill_restart_yields_exactly_the_uninterrupted_tables(make_settings, worker_factory):
     rng = random.Random(20261123)
     now = datetime.now(UTC).astimezone(ZoneInfo("Europe/Berlin"))  # config default
@@ -67,13 +74,28 @@ def test_sigkill_restart_yields_exactly_the_uninterrupted_tables(make_settings, 
     wait_until(lambda: all_committed(settings), 240, "all input committed", interval=0.2)
     killed_run = table_state(settings)
 
-    clean = settings_with(settings, app_id=settings.app_id + "-clean", web_port=free_port())
+    clean = settings_with(settings, app_id=settings.app_id + "-clean", web_port=free_port(),
+                          topic_prefix="clean." + settings.topic_prefix)
+    ensure_topics(clean)
+    produce(clean, records)
     worker_factory(clean)
     wait_until(lambda: all_committed(clean), 240, "clean run committed", interval=0.2)
     clean_run = table_state(clean)
 
     assert kills == 3
     assert killed_run == clean_run
+
+    # The same awards: a crash may deliver one twice (same id, same content), never another.
+    killed_awards, clean_awards = awards(settings), awards(clean)
+    assert clean_awards, "the input crosses thresholds and first-use flags"
+    clean_ids = [award["achievement_id"] for award in clean_awards]
+    assert len(clean_ids) == len(set(clean_ids))
+    first = {}
+    for award in killed_awards:
+        jsonschema.validate(award, achievements_schema())
+        earlier = first.setdefault(award["achievement_id"], award)
+        assert {**award, "emitted_at": None} == {**earlier, "emitted_at": None}
+    assert set(first) == set(clean_ids)
 
     # ... and both equal an independent count of the unique events.
     unique = {e["event_id"]: e for e in events}.values()
