@@ -9,9 +9,11 @@ import asyncio
 import logging
 import os
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from agents.ingest import Ingestor, Record, UserInfo
+from agents.ingest import Ingestor, Record, UserInfo, partition_of, user_key
+from agents.period_close import PeriodCloser, close_key
 from agents.retention import expired_keys
 from app.roster import parse_profile
 from app.tables import changelog_partition, collecting_sends
@@ -47,6 +49,12 @@ def _crash_without_commit() -> None:
                     exc_info=True)
     logging.shutdown()
     os._exit(70)
+
+
+def _active_partitions(pulse: Pulse) -> set[int]:
+    """The crm.activities partitions this worker owns (their users' state is here)."""
+    topic = pulse.activities.get_topic_name()
+    return {tp.partition for tp in pulse.app.assignor.assigned_actives() if tp.topic == topic}
 
 
 def register_agents(pulse: Pulse) -> None:
@@ -117,12 +125,57 @@ def register_agents(pulse: Pulse) -> None:
                 _crash_without_commit()
             await _acknowledged(state)
 
+    closer = PeriodCloser(settings.pulse)
+
+    @app.timer(interval=settings.close_interval_s, name="period-close")
+    async def close_periods() -> None:
+        """Alert privately on closed periods below target, once each (markers in the table)."""
+        if app.rebalancing or not app.tables.recovery.completed.is_set():
+            return
+        home = _active_partitions(pulse)
+        now = datetime.now(UTC)
+        alerts, markers = [], []
+        for profile in list(roster_table.values()):
+            user_id = profile.get("user_id")
+            if not user_id or not profile.get("active", True):
+                continue
+            partition = partition_of(user_id.encode(), settings.partitions)
+            if partition not in home:
+                continue
+            for period in closer.periods_to_close(profile, now):
+                marker = close_key(period.bucket_keys[0], user_id)
+                if kpi_table.get(marker) is not None:
+                    continue
+                values = ingestor.kpis.read(
+                    kpi_table.get(user_key(k, user_id)) for k in period.bucket_keys)
+                alerts.extend(closer.below_target(profile, period, values))
+                markers.append((marker, partition))
+        if not markers:
+            return
+        emitted_at = time.time()
+        try:  # alerts first, markers second: a failure repeats an alert (same id) next tick
+            with collecting_sends() as outputs:
+                for alert in alerts:
+                    key, value = alert.record(emitted_at)
+                    outputs.append(pulse.alerts.send_soon(key=key, value=value))
+            await asyncio.gather(*outputs)
+            with collecting_sends() as state:
+                for marker, partition in markers:
+                    with changelog_partition(partition):
+                        kpi_table[marker] = {"p": partition, "o": -1}
+            await asyncio.gather(*state)
+        except Exception:
+            logger.warning("period close: broker did not acknowledge; retrying next tick",
+                           exc_info=True)
+            return
+        logger.info("period close: %d period(s) closed, %d below-target alert(s)",
+                    len(markers), len(alerts))
+
     @app.timer(interval=600.0, name="kpi-retention")
     async def drop_expired_state() -> None:
         """Delete buckets past retention and dedup memory past the horizon."""
-        active = {tp.partition for tp in app.assignor.assigned_actives()
-                  if tp.topic == pulse.activities.get_topic_name()}
-        doomed = expired_keys(kpi_table.data.items(), settings.pulse, time.time(), active)
+        doomed = expired_keys(kpi_table.data.items(), settings.pulse, time.time(),
+                              _active_partitions(pulse))
         for key, partition in doomed:
             with changelog_partition(partition):
                 kpi_table.pop(key, None)

@@ -31,6 +31,7 @@ class Pulse:
     activities: Any
     dlq: Any
     achievements: Any
+    alerts: Any
     roster_topic: Any
     kpi_table: PartitionedTable
     roster_table: Any
@@ -71,6 +72,7 @@ def create_app(settings: Settings) -> Pulse:
         activities=app.topic(topics.activities, partitions=settings.partitions, **raw),
         dlq=app.topic(topics.dlq, partitions=settings.partitions, **raw),
         achievements=app.topic(topics.achievements, partitions=settings.partitions, **raw),
+        alerts=app.topic(topics.alerts, partitions=settings.partitions, **raw),
         roster_topic=app.topic(topics.roster, partitions=settings.partitions, **raw),
         kpi_table=app.Table("kpi", partitions=settings.partitions, key_type=str),
         roster_table=app.GlobalTable(

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     session_timeout_s: float = Field(
         20.0, ge=3, description="Consumer session timeout: how soon a dead worker's partitions "
         "move (and how long a restarted worker may wait to rejoin).")
+    close_interval_s: float = Field(
+        30.0, gt=0, description="How often closed periods are checked for below-target alerts.")
     send_timeout_s: float = Field(10.0, description="Webhook wait for broker acknowledgement.")
     generic_webhook_secret: SecretStr | None = Field(
         None, description="HMAC secret for /webhooks/generic (unset: unsigned, local dev)."

@@ -94,6 +94,40 @@ def achievements_schema() -> dict[str, Any]:
     }
 
 
+def alerts_schema() -> dict[str, Any]:
+    """``crm.kpi.alerts``: private below-target news for the person and their manager."""
+    text = {"type": "string"}
+    nullable = {"type": ["string", "null"]}
+    return {
+        "$schema": _DRAFT,
+        "$id": "crm-pulse/crm.kpi.alerts",
+        "title": "crm.kpi.alerts record value (key: user_id); private, never on walls",
+        "type": "object",
+        "required": ["alert_id", "kind", "user_id", "team_id", "manager_id", "kpi", "period",
+                     "value", "target", "expected_by_now", "emitted_at"],
+        "properties": {
+            "alert_id": {**text, "pattern": "^[0-9a-f]{32}$",
+                         "description": "hash of kind, user, KPI and period; the dedup key"},
+            "kind": {"enum": ["below_target"]},
+            "user_id": text,
+            "team_id": nullable,
+            "manager_id": {**nullable, "description": "for routing to the manager"},
+            "kpi": text,
+            "period": {
+                "type": "object",
+                "required": ["kind", "start", "end", "tz", "key"],
+                "properties": {"kind": text, "start": text, "end": text, "tz": text,
+                               "key": text},
+            },
+            "value": {"type": "number"},
+            "target": {"type": "number"},
+            "expected_by_now": {"type": "number"},
+            "emitted_at": {**text, "format": "date-time"},
+        },
+        "additionalProperties": False,
+    }
+
+
 def schema_documents() -> dict[str, dict[str, Any]]:
     from app.roster import roster_json_schema
 
@@ -102,6 +136,7 @@ def schema_documents() -> dict[str, dict[str, Any]]:
         "crm.activities.dlq.schema.json": dlq_schema(),
         "crm.roster.schema.json": roster_json_schema(),
         "crm.achievements.schema.json": achievements_schema(),
+        "crm.kpi.alerts.schema.json": alerts_schema(),
     }
 
 
