@@ -29,6 +29,11 @@ def close_key(period_key: str, user_id: str) -> str:
     return f"c|{period_key}|{user_id}"
 
 
+def risk_key(period_key: str, user_id: str) -> str:
+    """Marker of the KPIs already warned about (``at_risk``) in an open period."""
+    return f"a|{period_key}|{user_id}"
+
+
 @dataclass(frozen=True)
 class Alert:
     """A private ``crm.kpi.alerts`` message (never shown on walls)."""
@@ -98,6 +103,44 @@ class PeriodCloser:
     def _working(self, period: Period) -> bool:
         day = period.start.date()
         return day.weekday() in self.working_days and day not in self.holidays
+
+    def open_periods(self, profile: dict[str, Any], now: datetime) -> list[tuple[Period, float]]:
+        """Current periods with targets and the share of their pace window that has passed."""
+        tz = zone(profile.get("timezone") or self.config.timezone)
+        result = []
+        for kind in self.kinds:
+            if not self.targets(profile, kind):
+                continue
+            period = self.calendar.period(kind, now, tz)
+            if kind == "day":
+                if not self._working(period):
+                    continue
+                start, end = self.config.alerts.work_hours
+                local = now.astimezone(tz)
+                hours = local.hour + local.minute / 60
+                share = min(1.0, max(0.0, (hours - start) / (end - start)))
+            else:
+                span = period.end.timestamp() - period.start.timestamp()
+                share = (now.timestamp() - period.start.timestamp()) / span
+            if share >= self.config.alerts.at_risk_after:
+                result.append((period, share))
+        return result
+
+    def at_risk(self, profile: dict[str, Any], period: Period, share: float,
+                values: dict[str, float], warned: list[str]) -> list[Alert]:
+        """Pace warnings for KPIs behind the linear pace by more than the margin."""
+        margin = self.config.alerts.at_risk_margin
+        alerts = []
+        for kpi, target in self.targets(profile, period.kind).items():
+            expected = round(target * share, 3)
+            if kpi not in warned and values.get(kpi, 0) < expected * (1 - margin):
+                alerts.append(Alert(
+                    kind="at_risk", user_id=profile["user_id"], team_id=profile.get("team_id"),
+                    manager_id=profile.get("manager_id"), kpi=kpi, period=period,
+                    period_key=period.bucket_keys[0], value=values.get(kpi, 0), target=target,
+                    expected_by_now=expected,
+                ))
+        return alerts
 
     def below_target(self, profile: dict[str, Any], period: Period,
                      values: dict[str, float]) -> list[Alert]:

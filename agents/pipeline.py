@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from agents.ingest import Ingestor, Record, UserInfo, partition_of, user_key
-from agents.period_close import PeriodCloser, close_key
+from agents.period_close import PeriodCloser, close_key, risk_key
 from agents.retention import expired_keys
 from app.roster import parse_profile
 from app.tables import changelog_partition, collecting_sends
@@ -129,7 +129,7 @@ def register_agents(pulse: Pulse) -> None:
 
     @app.timer(interval=settings.close_interval_s, name="period-close")
     async def close_periods() -> None:
-        """Alert privately on closed periods below target, once each (markers in the table)."""
+        """Private alerts: closed periods below target, open ones behind pace; once each."""
         if app.rebalancing or not app.tables.recovery.completed.is_set():
             return
         home = _active_partitions(pulse)
@@ -149,7 +149,17 @@ def register_agents(pulse: Pulse) -> None:
                 values = ingestor.kpis.read(
                     kpi_table.get(user_key(k, user_id)) for k in period.bucket_keys)
                 alerts.extend(closer.below_target(profile, period, values))
-                markers.append((marker, partition))
+                markers.append((marker, partition, {"p": partition, "o": -1}))
+            for period, share in closer.open_periods(profile, now):
+                marker = risk_key(period.bucket_keys[0], user_id)
+                warned = (kpi_table.get(marker) or {}).get("kpis", [])
+                values = ingestor.kpis.read(
+                    kpi_table.get(user_key(k, user_id)) for k in period.bucket_keys)
+                risks = closer.at_risk(profile, period, share, values, warned)
+                if risks:
+                    alerts.extend(risks)
+                    kpis = [*warned, *(alert.kpi for alert in risks)]
+                    markers.append((marker, partition, {"p": partition, "o": -1, "kpis": kpis}))
         if not markers:
             return
         emitted_at = time.time()
@@ -160,16 +170,16 @@ def register_agents(pulse: Pulse) -> None:
                     outputs.append(pulse.alerts.send_soon(key=key, value=value))
             await asyncio.gather(*outputs)
             with collecting_sends() as state:
-                for marker, partition in markers:
+                for marker, partition, value in markers:
                     with changelog_partition(partition):
-                        kpi_table[marker] = {"p": partition, "o": -1}
+                        kpi_table[marker] = value
             await asyncio.gather(*state)
         except Exception:
             logger.warning("period close: broker did not acknowledge; retrying next tick",
                            exc_info=True)
             return
-        logger.info("period close: %d period(s) closed, %d below-target alert(s)",
-                    len(markers), len(alerts))
+        logger.info("period close: %d marker(s) stored, %d alert(s) sent", len(markers),
+                    len(alerts))
 
     @app.timer(interval=600.0, name="kpi-retention")
     async def drop_expired_state() -> None:

@@ -128,6 +128,21 @@ class RosterRules(_Strict):
     strict: bool = Field(False, description="Reject events of users not in the roster.")
 
 
+class AlertRules(_Strict):
+    """Private pace warnings during a period (``at_risk``)."""
+
+    at_risk_after: float = Field(0.5, gt=0, lt=1, description="Share of the period passed.")
+    at_risk_margin: float = Field(0.25, ge=0, lt=1, description="Tolerated shortfall vs pace.")
+    work_hours: tuple[int, int] = Field((8, 18), description="A day's pace window, local.")
+
+    @model_validator(mode="after")
+    def _hours(self) -> AlertRules:
+        start, end = self.work_hours
+        if not 0 <= start < end <= 24:
+            raise ValueError("work_hours must be [start, end] with 0 <= start < end <= 24")
+        return self
+
+
 class Retention(_Strict):
     """How long buckets of each period kind are kept (relative to now)."""
 
@@ -186,6 +201,7 @@ class PulseConfig(_Strict):
     dedup_horizon: Duration = Field(timedelta(days=7), description="Duplicate event_id window.")
     retention: Retention = Retention()
     roster: RosterRules = RosterRules()
+    alerts: AlertRules = AlertRules()
     type_aliases: dict[str, str] = Field(default_factory=dict)
     kpis: dict[Annotated[str, Field(pattern=_NAME)], KpiDef]
     roles: dict[str, RoleDef] = Field(default_factory=dict)

@@ -108,7 +108,8 @@ def alerts_schema() -> dict[str, Any]:
         "properties": {
             "alert_id": {**text, "pattern": "^[0-9a-f]{32}$",
                          "description": "hash of kind, user, KPI and period; the dedup key"},
-            "kind": {"enum": ["below_target"]},
+            "kind": {"enum": ["below_target", "at_risk"],
+                     "description": "below_target at period close; at_risk behind pace"},
             "user_id": text,
             "team_id": nullable,
             "manager_id": {**nullable, "description": "for routing to the manager"},

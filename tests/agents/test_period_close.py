@@ -58,3 +58,24 @@ def test_zero_activity_is_below_target_and_alerts_carry_routing() -> None:
     assert (key, payload["manager_id"], payload["period"]["key"]) == (
         b"rita", "boss", "d:2026-11-23")
     assert closer.below_target(REP, day, {"calls": 10}) == []
+
+
+def test_at_risk_when_behind_the_linear_pace_and_only_once() -> None:
+    closer = PeriodCloser(CONFIG)  # pace window 08-18, after half of it, margin 25 %
+    tuesday_14h = datetime(2026, 11, 24, 13, tzinfo=UTC)  # 14:00 in Berlin: 60 % of the day
+    day, share = next((p, s) for p, s in closer.open_periods(REP, tuesday_14h) if p.kind == "day")
+    assert share == 0.6
+    alerts = closer.at_risk(REP, day, share, {"calls": 4}, warned=[])
+    assert [(a.kind, a.kpi, a.value, a.expected_by_now) for a in alerts] == [
+        ("at_risk", "calls", 4, 6.0)]
+    assert closer.at_risk(REP, day, share, {"calls": 5}, warned=[]) == []  # within the margin
+    assert closer.at_risk(REP, day, share, {"calls": 0}, warned=["calls"]) == []
+    jsonschema.validate(orjson.loads(alerts[0].record(1.8e9)[1]), alerts_schema())
+
+
+def test_no_pace_warning_early_in_the_day_or_at_weekends() -> None:
+    closer = PeriodCloser(CONFIG)
+    morning = datetime(2026, 11, 24, 9, tzinfo=UTC)  # 10:00 Berlin: 20 % of the window
+    assert "day" not in [p.kind for p, _ in closer.open_periods(REP, morning)]
+    saturday = datetime(2026, 11, 28, 15, tzinfo=UTC)
+    assert "day" not in [p.kind for p, _ in closer.open_periods(REP, saturday)]
