@@ -10,6 +10,7 @@ delivered twice, never two different ones.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -155,3 +156,31 @@ class AchievementRules:
                     message=f"{rule.all_title}: every CRM function used",
                 ))
         return awards
+
+
+    def progress(self, role: str | None, current: dict[str, str],
+                 value_of: Callable[[str, str], float],
+                 collected: dict[str, list[str]]) -> list[dict[str, Any]]:
+        """Each goal's state for a person: value, goal, what is left, reached or not.
+
+        ``current`` maps a period kind to its current bucket key; ``value_of(key, kpi)``
+        reads a KPI from a bucket; ``collected`` is the person's first-use state.
+        """
+        goals: list[dict[str, Any]] = []
+        for rule in self.config.achievements:
+            if isinstance(rule, FirstUseRule):
+                have = collected.get(rule.id, [])
+                goals.append({"rule": rule.id, "kind": rule.kind, "period": "lifetime",
+                              "value": len(have), "goal": len(rule.flags),
+                              "collected": have,
+                              "missing": [f for f in rule.flags if f not in have]})
+                continue
+            key = current.get(rule.period)
+            goal = rule.value if isinstance(rule, ThresholdRule) else self._target(rule, role)
+            if key is None or not goal:
+                continue
+            value = value_of(key, rule.kpi)
+            goals.append({"rule": rule.id, "kind": rule.kind, "title": rule.title,
+                          "period": key, "kpi": rule.kpi, "value": value, "goal": goal,
+                          "remaining": max(0, goal - value), "reached": value >= goal})
+        return goals

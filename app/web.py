@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from faust.web import Request, Response, View
 
-from agents.ingest import team_key, user_key
+from agents.achievements import AchievementRules
+from agents.ingest import flags_key, team_key, user_key
 from agents.kpis import KpiFolder
 from agents.periods import Calendar, zone
 from app.edge import EdgeError, read_body, verify_generic_signature
@@ -30,6 +31,7 @@ def register_views(pulse: Pulse) -> None:
     config = settings.pulse
     calendar = Calendar(config.calendar_periods, config.week_start)
     kpis = KpiFolder(config)
+    rules = AchievementRules(config)
 
     def error(view: View, status: int, reason: str, message: str, **extra: Any) -> Response:
         return view.json({"error": reason, "message": message, **extra}, status=status)
@@ -101,6 +103,26 @@ def register_views(pulse: Pulse) -> None:
                 "period": period.as_dict(),
                 "kpis": kpi_body(kpis.read(buckets), user_targets(config, profile, kind)),
             })
+
+    @app.page("/api/users/{user_id}/progress")
+    class UserProgress(View):
+        """Progress toward each achievement and target in the current periods."""
+
+        async def get(self, request: Request, user_id: str) -> Response:
+            profile = pulse.roster_table.get(user_id)
+            flags = pulse.kpi_table.get(flags_key(user_id))
+            tz = zone((profile or {}).get("timezone") or config.timezone)
+            now = datetime.now(UTC)
+            current = {kind: calendar.period(kind, now, tz).bucket_keys[0]
+                       for kind in config.calendar_periods}
+            if profile is None and flags is None and not any(
+                    pulse.kpi_table.get(user_key(key, user_id)) for key in current.values()):
+                return error(self, 404, "unknown_user", "no roster entry and no data")
+            goals = rules.progress(
+                (profile or {}).get("role"), current,
+                lambda key, kpi: rules.value(pulse.kpi_table.get(user_key(key, user_id)), kpi),
+                (flags or {}).get("r", {}))
+            return self.json({"user_id": user_id, "goals": goals})
 
     @app.page("/api/kpis/teams/{team_id}")
     class TeamKpis(View):

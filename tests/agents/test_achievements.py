@@ -78,3 +78,22 @@ def test_award_record_shape() -> None:
     key, value = award.record(emitted_at=1795435200.0)
     assert key == b"rita"
     assert b'"achievement_id"' in value and b'"emitted_at":"2026-11-23T12:00:00+00:00"' in value
+
+
+def test_progress_lists_every_goal_with_what_is_left() -> None:
+    store = Store()
+    store.run([*calls("rita", 4), record(event("rita", "feature_used", feature="leads"), 10)])
+    rules = Ingestor(CONFIG, 65_536, 1, ROSTER.get).rules
+    current = {"day": "d:2026-11-23", "week": "w:2026-11-23", "month": "m:2026-11"}
+    goals = rules.progress("sales_rep", current,
+                           lambda key, kpi: rules.value(store.get(f"u|{key}|rita"), kpi),
+                           store["f||rita"]["r"])
+    by_rule = {goal["rule"]: goal for goal in goals}
+    assert by_rule["ten_calls_today"] | {"title": None} == {
+        "rule": "ten_calls_today", "kind": "threshold", "title": None, "period": "d:2026-11-23",
+        "kpi": "calls", "value": 4, "goal": 10, "remaining": 6, "reached": False}
+    assert by_rule["daily_call_target"]["goal"] == 10
+    assert by_rule["first_use"]["collected"] == ["leads"]
+    assert len(by_rule["first_use"]["missing"]) == len(FLAGS) - 1
+    without_role = {g["rule"] for g in rules.progress(None, current, lambda k, m: 0, {})}
+    assert "daily_call_target" not in without_role

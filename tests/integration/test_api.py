@@ -91,6 +91,18 @@ def test_webhook_accepts_single_and_array_and_kpis_follow(api: Settings) -> None
     assert kpi(api, "users", "ana", "meetings", "week") == 1
 
 
+def test_progress_toward_achievements_and_targets(api: Settings) -> None:
+    wait_until(lambda: kpi(api, "users", "ana", "calls") >= 2, 30, "ana's calls")
+    status, body, _ = call(api, "GET", "/api/users/ana/progress")
+    assert status == 200
+    goals = {goal["rule"]: goal for goal in body["goals"]}
+    assert goals["ten_calls_today"]["goal"] == 10
+    assert goals["ten_calls_today"]["remaining"] == 10 - goals["ten_calls_today"]["value"]
+    assert goals["daily_call_target"]["goal"] == 10  # sales_rep's daily target
+    assert "missing" in goals["first_use"]
+    assert call(api, "GET", "/api/users/nobody/progress")[0] == 404
+
+
 def test_kpi_response_contract(api: Settings) -> None:
     status, body, _ = call(api, "GET", "/api/kpis/users/ana?period=day")
     assert status == 200
