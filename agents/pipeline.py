@@ -12,8 +12,8 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from agents.ingest import Ingestor, Record, UserInfo, partition_of, user_key
-from agents.period_close import PeriodCloser, close_key, risk_key
+from agents.ingest import Ingestor, Record, UserInfo, partition_of
+from agents.period_close import PeriodCloser
 from agents.retention import expired_keys
 from app.roster import parse_profile
 from app.tables import changelog_partition, collecting_sends
@@ -129,57 +129,44 @@ def register_agents(pulse: Pulse) -> None:
 
     @app.timer(interval=settings.close_interval_s, name="period-close")
     async def close_periods() -> None:
-        """Private alerts: closed periods below target, open ones behind pace; once each."""
+        """Closed periods (below target, streaks, personal bests) and pace; once each."""
         if app.rebalancing or not app.tables.recovery.completed.is_set():
             return
         home = _active_partitions(pulse)
         now = datetime.now(UTC)
-        alerts, markers = [], []
+        reviews = []
         for profile in list(roster_table.values()):
             user_id = profile.get("user_id")
             if not user_id or not profile.get("active", True):
                 continue
             partition = partition_of(user_id.encode(), settings.partitions)
-            if partition not in home:
-                continue
-            for period in closer.periods_to_close(profile, now):
-                marker = close_key(period.bucket_keys[0], user_id)
-                if kpi_table.get(marker) is not None:
-                    continue
-                values = ingestor.kpis.read(
-                    kpi_table.get(user_key(k, user_id)) for k in period.bucket_keys)
-                alerts.extend(closer.below_target(profile, period, values))
-                markers.append((marker, partition, {"p": partition, "o": -1}))
-            for period, share in closer.open_periods(profile, now):
-                marker = risk_key(period.bucket_keys[0], user_id)
-                warned = (kpi_table.get(marker) or {}).get("kpis", [])
-                values = ingestor.kpis.read(
-                    kpi_table.get(user_key(k, user_id)) for k in period.bucket_keys)
-                risks = closer.at_risk(profile, period, share, values, warned)
-                if risks:
-                    alerts.extend(risks)
-                    kpis = [*warned, *(alert.kpi for alert in risks)]
-                    markers.append((marker, partition, {"p": partition, "o": -1, "kpis": kpis}))
-        if not markers:
+            if partition in home:
+                reviews.append(closer.review(profile, partition, now, kpi_table.get))
+        if not any(review.writes for review in reviews):
             return
         emitted_at = time.time()
-        try:  # alerts first, markers second: a failure repeats an alert (same id) next tick
+        try:  # outputs first, state second: a failure repeats an output (same id) next tick
             with collecting_sends() as outputs:
-                for alert in alerts:
-                    key, value = alert.record(emitted_at)
-                    outputs.append(pulse.alerts.send_soon(key=key, value=value))
+                for review in reviews:
+                    for alert in review.alerts:
+                        key, value = alert.record(emitted_at)
+                        outputs.append(pulse.alerts.send_soon(key=key, value=value))
+                    for award in review.awards:
+                        key, value = award.record(emitted_at)
+                        outputs.append(pulse.achievements.send_soon(key=key, value=value))
             await asyncio.gather(*outputs)
             with collecting_sends() as state:
-                for marker, partition, value in markers:
-                    with changelog_partition(partition):
-                        kpi_table[marker] = value
+                for review in reviews:
+                    for key, value in review.writes.items():
+                        with changelog_partition(value["p"]):
+                            kpi_table[key] = value
             await asyncio.gather(*state)
         except Exception:
-            logger.warning("period close: broker did not acknowledge; retrying next tick",
+            logger.warning("period review: broker did not acknowledge; retrying next tick",
                            exc_info=True)
             return
-        logger.info("period close: %d marker(s) stored, %d alert(s) sent", len(markers),
-                    len(alerts))
+        logger.info("period review: %d alert(s), %d award(s)",
+                    sum(len(r.alerts) for r in reviews), sum(len(r.awards) for r in reviews))
 
     @app.timer(interval=600.0, name="kpi-retention")
     async def drop_expired_state() -> None:

@@ -185,9 +185,29 @@ class TargetHitRule(_Strict):
     title: str
 
 
-AchievementRule = Annotated[
-    FirstUseRule | ThresholdRule | TargetHitRule, Field(discriminator="kind")
-]
+class StreakRule(_Strict):
+    """The role target hit in ``length`` consecutive working periods (weekends don't break it)."""
+
+    id: Annotated[str, Field(pattern=_NAME)]
+    kind: Literal["streak"]
+    kpi: str
+    period: Literal["day", "week", "month"]
+    length: int = Field(ge=2)
+    title: str
+
+
+class PersonalBestRule(_Strict):
+    """A closed period beats every earlier period of the same kind."""
+
+    id: Annotated[str, Field(pattern=_NAME)]
+    kind: Literal["personal_best"]
+    kpi: str
+    period: Literal["day", "week", "month"]
+    title: str
+
+
+KpiRule = ThresholdRule | TargetHitRule | StreakRule | PersonalBestRule
+AchievementRule = Annotated[FirstUseRule | KpiRule, Field(discriminator="kind")]
 
 
 class PulseConfig(_Strict):

@@ -78,7 +78,8 @@ def achievements_schema() -> dict[str, Any]:
             "achievement_id": {**text, "pattern": "^[0-9a-f]{32}$",
                                "description": "hash of rule, user and period; the dedup key"},
             "rule": {**text, "description": "the rule's id in the KPI config"},
-            "kind": {"enum": ["first_use", "threshold", "target_hit"]},
+            "kind": {"enum": ["first_use", "threshold", "target_hit", "streak",
+                              "personal_best"]},
             "user_id": text,
             "team_id": {"type": ["string", "null"]},
             "period": {**text, "description": "bucket key (d:2026-11-23, w:…, m:…) or "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import jsonschema
 import orjson
@@ -40,10 +40,12 @@ def test_weekends_and_holidays_have_no_daily_close_but_weeks_do() -> None:
     assert "d:2026-12-25" not in keys(closer.periods_to_close(REP, after_christmas))
 
 
-def test_people_without_targets_are_not_checked() -> None:
+def test_people_without_targets_get_no_alerts() -> None:
     closer = PeriodCloser(CONFIG)
-    assert closer.periods_to_close({**REP, "role": None}, datetime(2026, 11, 24, 9,
-                                                                   tzinfo=UTC)) == []
+    review = closer.review({**REP, "role": None}, 0, datetime(2026, 11, 24, 15, tzinfo=UTC),
+                           {}.get)
+    assert review.alerts == []
+    assert "c|d:2026-11-23|rita" in review.writes  # reviewed once all the same (personal best)
 
 
 def test_zero_activity_is_below_target_and_alerts_carry_routing() -> None:
@@ -79,3 +81,43 @@ def test_no_pace_warning_early_in_the_day_or_at_weekends() -> None:
     assert "day" not in [p.kind for p, _ in closer.open_periods(REP, morning)]
     saturday = datetime(2026, 11, 28, 15, tzinfo=UTC)
     assert "day" not in [p.kind for p, _ in closer.open_periods(REP, saturday)]
+
+
+def run_days(closer: PeriodCloser, calls_by_day: dict[str, int], profile: dict) -> list:
+    """Close each day in turn (the morning after it), as the timer would; return awards."""
+    store: dict = {}
+    awards = []
+    for day, calls in calls_by_day.items():
+        store[f"u|d:{day}|rita"] = {"p": 0, "o": 1, "n": {"calls": calls}, "s": {}}
+        morning_after = datetime.fromisoformat(f"{day}T09:00:00+00:00") + timedelta(days=1)
+        review = closer.review(profile, 0, morning_after, store.get)
+        store.update(review.writes)
+        awards.extend(review.awards)
+    return awards
+
+
+def test_streak_survives_weekends_and_holidays() -> None:
+    closer = PeriodCloser(CONFIG)  # call_streak: 5 working days at the daily target (10)
+    days = {"2026-12-17": 10, "2026-12-18": 12, "2026-12-21": 10, "2026-12-22": 11,
+            "2026-12-23": 10, "2026-12-28": 10}  # Thu Fri | Mon Tue Wed | 24-25 off, Mon
+    awards = [a for a in run_days(closer, days, {**REP, "timezone": "UTC"})
+              if a.rule == "call_streak"]
+    assert [(a.period, a.value) for a in awards] == [("d:2026-12-23", 5)]
+
+
+def test_a_missed_working_day_breaks_the_streak() -> None:
+    closer = PeriodCloser(CONFIG)
+    days = {"2026-11-16": 10, "2026-11-17": 10, "2026-11-18": 3, "2026-11-19": 10,
+            "2026-11-20": 10, "2026-11-23": 10, "2026-11-24": 10}
+    awards = run_days(closer, days, {**REP, "timezone": "UTC"})
+    assert [a for a in awards if a.rule == "call_streak"] == []
+
+
+def test_personal_best_beats_every_earlier_day() -> None:
+    closer = PeriodCloser(CONFIG)
+    days = {"2026-11-16": 4, "2026-11-17": 6, "2026-11-18": 6, "2026-11-19": 2,
+            "2026-11-20": 9}
+    awards = [a for a in run_days(closer, days, {**REP, "timezone": "UTC"})
+              if a.rule == "best_call_day"]
+    assert [(a.period, a.value, a.target) for a in awards] == [
+        ("d:2026-11-17", 6, 4), ("d:2026-11-20", 9, 6)]
