@@ -24,6 +24,7 @@ from app.config import WEEKDAYS, PersonalBestRule, PulseConfig, StreakRule
 
 CLOSABLE = ("day", "week", "month", "quarter", "year")
 Reader = Callable[[str], dict[str, Any] | None]
+STREAK_WARNING_SHARE = 0.8  # "late in the day": 80 % of the pace window has passed
 
 
 def alert_id(kind: str, user_id: str, kpi: str, period: str) -> str:
@@ -37,6 +38,11 @@ def close_key(period_key: str, user_id: str) -> str:
 def risk_key(period_key: str, user_id: str) -> str:
     """Marker of the KPIs already warned about (``at_risk``) in an open period."""
     return f"a|{period_key}|{user_id}"
+
+
+def _warning_tag(alert: Alert) -> str:
+    """How a pace warning is remembered in its period's risk marker."""
+    return alert.kpi if alert.kind == "at_risk" else f"streak:{alert.kpi}"
 
 
 def rule_state_key(rule_id: str, user_id: str) -> str:
@@ -186,12 +192,13 @@ class PeriodCloser:
             review.writes[marker] = {"p": partition, "o": -1}
         for period, share in self.open_periods(profile, now):
             marker = risk_key(period.bucket_keys[0], user_id)
-            warned = (get(marker) or {}).get("kpis", [])
-            risks = self.at_risk(profile, period, share, self._values(user_id, period, get),
-                                 warned)
+            warned = list((get(marker) or {}).get("kpis", []))
+            values = self._values(user_id, period, get)
+            risks = self.at_risk(profile, period, share, values, warned)
+            risks += self.streaks_at_risk(profile, period, share, values, warned, get)
             if risks:
                 review.alerts.extend(risks)
-                kpis = [*warned, *(alert.kpi for alert in risks)]
+                kpis = [*warned, *(_warning_tag(alert) for alert in risks)]
                 review.writes[marker] = {"p": partition, "o": -1, "kpis": kpis}
         return review
 
@@ -242,6 +249,26 @@ class PeriodCloser:
             if kpi not in warned and values.get(kpi, 0) < expected * (1 - margin):
                 alerts.append(self._alert("at_risk", profile, kpi, period, values, target,
                                           expected))
+        return alerts
+
+    def streaks_at_risk(self, profile: dict[str, Any], period: Period, share: float,
+                        values: dict[str, float], warned: list[str],
+                        get: Reader) -> list[Alert]:
+        """Late in the period, a running streak whose target is not yet hit today."""
+        if share < STREAK_WARNING_SHARE:
+            return []
+        alerts = []
+        for rule in self.period_rules:
+            if not isinstance(rule, StreakRule) or rule.period != period.kind:
+                continue
+            target = self.targets(profile, period.kind).get(rule.kpi)
+            state = get(rule_state_key(rule.id, profile["user_id"])) or {}
+            running = state.get("count", 0) > 0 and state.get("last") == (
+                self.previous_working(period).bucket_keys[0])
+            if (target and running and f"streak:{rule.kpi}" not in warned
+                    and values.get(rule.kpi, 0) < target):
+                alerts.append(self._alert("streak_at_risk", profile, rule.kpi, period, values,
+                                          target, target))
         return alerts
 
     def below_target(self, profile: dict[str, Any], period: Period,

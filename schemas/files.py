@@ -109,8 +109,10 @@ def alerts_schema() -> dict[str, Any]:
         "properties": {
             "alert_id": {**text, "pattern": "^[0-9a-f]{32}$",
                          "description": "hash of kind, user, KPI and period; the dedup key"},
-            "kind": {"enum": ["below_target", "at_risk"],
-                     "description": "below_target at period close; at_risk behind pace"},
+            "kind": {"enum": ["below_target", "at_risk", "streak_at_risk"],
+                     "description": "below_target at period close; at_risk behind pace; "
+                                    "streak_at_risk: late in the period, a running streak "
+                                    "is not yet on target"},
             "user_id": text,
             "team_id": nullable,
             "manager_id": {**nullable, "description": "for routing to the manager"},

@@ -121,3 +121,22 @@ def test_personal_best_beats_every_earlier_day() -> None:
               if a.rule == "best_call_day"]
     assert [(a.period, a.value, a.target) for a in awards] == [
         ("d:2026-11-17", 6, 4), ("d:2026-11-20", 9, 6)]
+
+
+def test_streak_at_risk_late_in_the_day_once() -> None:
+    closer = PeriodCloser(CONFIG)
+    profile = {**REP, "timezone": "UTC"}
+    store = {"k||call_streak|rita": {"p": 0, "o": -1, "count": 2, "last": "d:2026-11-23"},
+             "u|d:2026-11-24|rita": {"p": 0, "o": 1, "n": {"calls": 9}, "s": {}},
+             "c|d:2026-11-23|rita": {"p": 0, "o": -1}}
+
+    def streak_alerts(at: datetime) -> list:
+        review = closer.review(profile, 0, at, store.get)
+        store.update(review.writes)
+        return [a for a in review.alerts if a.kind == "streak_at_risk"]
+
+    assert streak_alerts(datetime(2026, 11, 24, 14, tzinfo=UTC)) == []  # 60 %: not late yet
+    late = streak_alerts(datetime(2026, 11, 24, 17, tzinfo=UTC))  # 90 % of 08-18
+    assert [(a.kpi, a.value, a.target) for a in late] == [("calls", 9, 10)]
+    jsonschema.validate(orjson.loads(late[0].record(1.8e9)[1]), alerts_schema())
+    assert streak_alerts(datetime(2026, 11, 24, 17, 30, tzinfo=UTC)) == []  # once
