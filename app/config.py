@@ -164,46 +164,41 @@ class FirstUseRule(_Strict):
     all_title: str | None = "All CRM flags collected"
 
 
-class ThresholdRule(_Strict):
+class _KpiRule(_Strict):
+    """Fields every KPI-based rule has; ``period`` is narrowed by each kind."""
+
+    id: Annotated[str, Field(pattern=_NAME)]
+    kpi: str
+    period: Literal[CALENDAR_PERIODS]  # type: ignore[valid-type]
+    title: str
+
+
+class ThresholdRule(_KpiRule):
     """The KPI reaches ``value`` within one ``period`` ("10 calls today")."""
 
-    id: Annotated[str, Field(pattern=_NAME)]
     kind: Literal["threshold"]
-    kpi: str
-    period: Literal[CALENDAR_PERIODS]  # type: ignore[valid-type]
     value: float = Field(gt=0)
-    title: str
 
 
-class TargetHitRule(_Strict):
+class TargetHitRule(_KpiRule):
     """The KPI reaches the person's role target for the period."""
 
-    id: Annotated[str, Field(pattern=_NAME)]
     kind: Literal["target_hit"]
-    kpi: str
-    period: Literal[CALENDAR_PERIODS]  # type: ignore[valid-type]
-    title: str
 
 
-class StreakRule(_Strict):
+class StreakRule(_KpiRule):
     """The role target hit in ``length`` consecutive working periods (weekends don't break it)."""
 
-    id: Annotated[str, Field(pattern=_NAME)]
     kind: Literal["streak"]
-    kpi: str
     period: Literal["day", "week", "month"]
     length: int = Field(ge=2)
-    title: str
 
 
-class PersonalBestRule(_Strict):
+class PersonalBestRule(_KpiRule):
     """A closed period beats every earlier period of the same kind."""
 
-    id: Annotated[str, Field(pattern=_NAME)]
     kind: Literal["personal_best"]
-    kpi: str
     period: Literal["day", "week", "month"]
-    title: str
 
 
 KpiRule = ThresholdRule | TargetHitRule | StreakRule | PersonalBestRule
