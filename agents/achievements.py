@@ -176,7 +176,7 @@ class AchievementRules:
                               "missing": [f for f in rule.flags if f not in have]})
                 continue
             if not isinstance(rule, ThresholdRule | TargetHitRule):
-                continue  # streaks and personal bests are decided at period close
+                continue  # streaks, bests and team goals are decided by the period timer
             key = current.get(rule.period)
             goal = rule.value if isinstance(rule, ThresholdRule) else self._target(rule, role)
             if key is None or not goal:

@@ -201,7 +201,14 @@ class PersonalBestRule(_KpiRule):
     period: Literal["day", "week", "month"]
 
 
-KpiRule = ThresholdRule | TargetHitRule | StreakRule | PersonalBestRule
+class TeamGoalRule(_KpiRule):
+    """The team's total reaches ``value`` (else the team target); every member gets it."""
+
+    kind: Literal["team_goal"]
+    value: float | None = Field(None, gt=0)
+
+
+KpiRule = ThresholdRule | TargetHitRule | StreakRule | PersonalBestRule | TeamGoalRule
 AchievementRule = Annotated[FirstUseRule | KpiRule, Field(discriminator="kind")]
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import faust
 
 from app.settings import Settings
-from app.tables import AwaitableGlobalTable, PartitionedTable
+from app.tables import PartitionedGlobalTable, PartitionedTable
 from app.transport import new_transport
 
 
@@ -45,7 +45,7 @@ def create_app(settings: Settings) -> Pulse:
         store="memory://",
         datadir=str(settings.data_dir / settings.app_id),
         Table=PartitionedTable,
-        GlobalTable=AwaitableGlobalTable,
+        GlobalTable=PartitionedGlobalTable,
         web_tables_enabled=False,  # /table/<name>/<key> would expose per-person data
         processing_guarantee="at_least_once",
         topic_partitions=settings.partitions,

@@ -46,8 +46,14 @@ def collecting_sends() -> Iterator[list[Any]]:
         _pending.reset(token)
 
 
-class _AwaitableChangelog:
-    """Mixin: record each changelog send future in the active :func:`collecting_sends`."""
+class _ExplicitChangelog:
+    """Mixin: honour :func:`changelog_partition` and :func:`collecting_sends`."""
+
+    def partition_for_key(self, key: Any) -> int | None:
+        partition = _partition.get()
+        if partition is None:
+            return super().partition_for_key(key)  # type: ignore[misc]
+        return partition
 
     def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
         future = super().send_changelog(*args, **kwargs)  # type: ignore[misc]
@@ -57,15 +63,10 @@ class _AwaitableChangelog:
         return future
 
 
-class PartitionedTable(_AwaitableChangelog, faust.Table):
-    """``faust.Table`` honouring :func:`changelog_partition` (installed as ``Table``)."""
-
-    def partition_for_key(self, key: Any) -> int | None:
-        partition = _partition.get()
-        if partition is None:
-            return super().partition_for_key(key)
-        return partition
+class PartitionedTable(_ExplicitChangelog, faust.Table):
+    """``faust.Table`` with explicit changelog partitions (installed as ``Table``)."""
 
 
-class AwaitableGlobalTable(_AwaitableChangelog, faust.GlobalTable):
-    """``faust.GlobalTable`` whose writes can be awaited (installed as ``GlobalTable``)."""
+class PartitionedGlobalTable(_ExplicitChangelog, faust.GlobalTable):
+    """``faust.GlobalTable`` with explicit changelog partitions (installed as
+    ``GlobalTable``): each worker writes its partitions' keys, every worker reads all."""

@@ -84,10 +84,10 @@ def all_committed(settings: Settings) -> bool:
     return all(done.get(p, 0) >= end for p, end in ends.items() if end)
 
 
-def table_state(settings: Settings, table: str = "kpi") -> dict[str, dict[str, Any]]:
-    """The table as its changelog says (last value per key), without bookkeeping fields."""
+def table_state(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The KPI table as its changelog says (last value per key), without bookkeeping."""
     state: dict[str, dict[str, Any]] = {}
-    for record in read_topic(settings, f"{settings.app_id}-{table}-changelog"):
+    for record in read_topic(settings, f"{settings.app_id}-kpi-changelog"):
         key = orjson.loads(record.key)
         if record.value is None:
             state.pop(key, None)

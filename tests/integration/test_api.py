@@ -36,6 +36,7 @@ def api(broker, redis_server, tmp_path_factory) -> Any:
         kafka=broker.url, redis=redis_server.url, topic_prefix=f"api{suffix}.",
         app_id=f"api-{suffix}", web_port=free_port(), data_dir=tmp, partitions=4,
         max_body_bytes=20_000, generic_webhook_secret=SECRET, session_timeout_s=6,
+        close_interval_s=1,
     )
     ensure_topics(settings)
     write_profiles(settings, [
@@ -224,3 +225,15 @@ def test_wall_page_is_served(api: Settings) -> None:
         page = response.read().decode()
     assert "/api/teams" in page
     assert "/api/kpis/teams/" in page
+
+
+def test_team_goal_awards_every_member(api: Settings) -> None:
+    """north (two sales reps, 3 meetings a week each) reaches its weekly meeting goal."""
+    meetings = [event(user, "meeting", occurred_at=now_iso()) for user in ["ana", "ben"] * 3]
+    assert call(api, "POST", "/webhooks/generic", meetings)[0] == 202
+
+    def team_awards() -> set[str]:
+        found = [orjson.loads(r.value) for r in read_topic(api, api.topics.achievements)]
+        return {a["user_id"] for a in found if a["rule"] == "team_meetings_week"}
+
+    wait_until(lambda: team_awards() == {"ana", "ben"}, 30, "team goal awards for ana and ben")
