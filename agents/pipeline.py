@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from agents.ingest import Ingestor, Record, UserInfo, partition_of
 from agents.period_close import PeriodCloser
 from agents.retention import expired_keys
-from agents.team_goals import TeamGoals
+from agents.team_rules import TeamRules
 from app.roster import parse_profile
 from app.tables import changelog_partition, collecting_sends
 
@@ -127,37 +127,42 @@ def register_agents(pulse: Pulse) -> None:
             await _acknowledged(state)
 
     closer = PeriodCloser(settings.pulse)
-    team_goals = TeamGoals(settings.pulse, settings.partitions)
-    skipped_team_goals: list[int] = []  # warn once
+    team_rules = TeamRules(settings.pulse, settings.partitions)
+    skipped_team_rules: list[int] = []  # warn once
 
     @app.timer(interval=settings.close_interval_s, name="period-close")
     async def close_periods() -> None:
-        """Closed periods (below target, streaks, bests), pace, team goals; once each."""
+        """Closed periods (below target, streaks, bests, ranks), pace, team goals; once each."""
         if app.rebalancing or not app.tables.recovery.completed.is_set():
             return
         home = _active_partitions(pulse)
         now = datetime.now(UTC)
         reviews = []
-        teams: dict[str, list[dict[str, Any]]] = {}
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for profile in list(roster_table.values()):
             user_id = profile.get("user_id")
             if not user_id or not profile.get("active", True):
                 continue
-            teams.setdefault(profile.get("team_id") or "", []).append(profile)
+            for scope in ("team", "office"):
+                if profile.get(f"{scope}_id"):
+                    groups.setdefault((scope, profile[f"{scope}_id"]), []).append(profile)
             partition = partition_of(user_id.encode(), settings.partitions)
             if partition in home:
                 reviews.append(closer.review(profile, partition, now, kpi_table.get))
-        if team_goals.rules and len(home) < settings.partitions:
-            if home and not skipped_team_goals:
-                logger.warning("team goals skipped: they need one worker owning all %d "
-                               "partitions (this one owns %d)", settings.partitions, len(home))
-                skipped_team_goals.append(len(home))
-        elif team_goals.rules:
-            for team_id, members in teams.items():
-                partition = partition_of(team_id.encode(), settings.partitions)
-                if team_id:
-                    reviews.append(team_goals.review(team_id, members, partition, now,
+        if team_rules.rules and len(home) < settings.partitions:
+            if home and not skipped_team_rules:
+                logger.warning("team goals and ranks skipped: they need one worker owning all "
+                               "%d partitions (this one owns %d)", settings.partitions, len(home))
+                skipped_team_rules.append(len(home))
+        elif team_rules.rules:
+            for (scope, group_id), members in groups.items():
+                partition = partition_of(f"{scope}:{group_id}".encode(), settings.partitions)
+                if scope == "team":
+                    reviews.append(team_rules.review(group_id, members, partition, now,
                                                      kpi_table.get))
+                else:
+                    reviews.append(team_rules.rank(group_id, scope, members, partition, now,
+                                                   kpi_table.get))
         if not any(review.writes for review in reviews):
             return
         emitted_at = time.time()

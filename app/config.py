@@ -208,7 +208,21 @@ class TeamGoalRule(_KpiRule):
     value: float | None = Field(None, gt=0)
 
 
-KpiRule = ThresholdRule | TargetHitRule | StreakRule | PersonalBestRule | TeamGoalRule
+class RankRule(_KpiRule):
+    """At period close, the ``top`` people of each team (or office) by the KPI.
+
+    ``data_quality_hero`` is the same over a data-quality KPI with ``top: 1``. People who
+    opted out of leaderboards are not ranked; nobody is ranked with a value of 0.
+    """
+
+    kind: Literal["rank", "data_quality_hero"]
+    period: Literal["day", "week", "month"]
+    scope: Literal["team", "office"] = "team"
+    top: int = Field(3, ge=1)
+
+
+KpiRule = (ThresholdRule | TargetHitRule | StreakRule | PersonalBestRule | TeamGoalRule
+           | RankRule)
 AchievementRule = Annotated[FirstUseRule | KpiRule, Field(discriminator="kind")]
 
 
