@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
@@ -25,6 +26,39 @@ def bootstrap_servers(url: str) -> list[str]:
         if part:
             servers.append(part.split("://", 1)[-1])
     return servers
+
+
+def log_end_offsets(bootstrap: Sequence[str], topic: str) -> dict[int, int]:
+    """Per partition of ``topic``, its log-end offset, from a Fetch's high watermark.
+
+    Not ListOffsets: tansu answers that with the last batch's base offset + 1, which is
+    short of the end whenever the last batch holds more than one record. So each partition
+    that ListOffsets calls non-empty is fetched from just before that offset, and the Fetch
+    answer's high watermark is taken. ``bootstrap`` as :func:`bootstrap_servers` gives it.
+    """
+    consumer = KafkaConsumer(bootstrap_servers=list(bootstrap), enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p)
+                      for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        ends = {tp.partition: 0 for tp in partitions}
+        listed = consumer.end_offsets(partitions)
+        wanted = [tp for tp in partitions if listed[tp]]
+        consumer.assign(wanted)
+        for tp in wanted:
+            consumer.seek(tp, listed[tp] - 1)
+        deadline = time.monotonic() + 15
+        while wanted and time.monotonic() < deadline:
+            consumer.poll(timeout_ms=200, max_records=1)
+            for tp in list(wanted):
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    ends[tp.partition] = highwater
+                    wanted.remove(tp)
+        if wanted:
+            raise TimeoutError(f"no Fetch answer for {wanted}; is the broker up?")
+        return ends
+    finally:
+        consumer.close()
 
 
 def ensure_topics(settings: Settings) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-from app.kafka import bootstrap_servers, make_producer, send_all
+from app.kafka import bootstrap_servers, log_end_offsets, make_producer, send_all
 from app.settings import Settings
 
 
@@ -22,28 +21,8 @@ def produce(settings: Settings, records: list[tuple[bytes | None, bytes]],
 
 
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
-    """Log-end offsets from a Fetch's high watermark (tansu's ListOffsets counts batches)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers(settings.kafka),
-                             enable_auto_commit=False)
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        ends = {tp.partition: 0 for tp in partitions}
-        listed = consumer.end_offsets(partitions)
-        wanted = [tp for tp in partitions if listed[tp]]
-        consumer.assign(wanted)
-        for tp in wanted:
-            consumer.seek(tp, listed[tp] - 1)
-        deadline = time.monotonic() + 15
-        while wanted and time.monotonic() < deadline:
-            consumer.poll(timeout_ms=200, max_records=1)
-            for tp in list(wanted):
-                if consumer.highwater(tp) is not None:
-                    ends[tp.partition] = consumer.highwater(tp)
-                    wanted.remove(tp)
-        assert not wanted, f"no fetch answer for {wanted}"
-        return ends
-    finally:
-        consumer.close()
+    """Log-end offsets of ``topic`` (:func:`app.kafka.log_end_offsets`: Fetch high watermark)."""
+    return log_end_offsets(bootstrap_servers(settings.kafka), topic)
 
 
 def read_topic(settings: Settings, topic: str) -> list[Any]:

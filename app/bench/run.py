@@ -1,0 +1,220 @@
+"""The whole bench run: broker, topics, workers and phases in order; every child stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+from zoneinfo import ZoneInfo
+
+from kafka.admin import KafkaAdminClient
+
+from app.bench.broker import produce
+from app.bench.ceiling import ceiling
+from app.bench.children import Children
+from app.bench.events import (
+    Expected,
+    RecordSet,
+    array_records,
+    check_state,
+    expected_state,
+    generate_events,
+    office,
+    single_records,
+)
+from app.bench.latency import PROBE_EVERY, Latency, measure_latency
+from app.bench.options import BenchOptions, say
+from app.bench.report import build_report
+from app.bench.worker import WorkerRun, cpu_seconds, peak_rss_mb, read_state, wait_all_committed
+from app.embedded import (
+    EmbeddedBroker,
+    ManagedProcess,
+    free_port,
+    settings_with,
+    start_broker,
+    start_worker,
+    wait_ready,
+)
+from app.kafka import bootstrap_servers, ensure_topics, log_end_offsets
+from app.roster import Profile
+from app.settings import Settings
+
+
+@dataclass
+class _Topic:
+    """One bench topic set, produced and ready for a worker."""
+
+    label: str
+    name: str
+    settings: Settings
+    cum: dict[int, list[int]]
+    ends: dict[int, int]
+
+
+def _prepare(label: str, name: str, base: Settings, records: RecordSet, options: BenchOptions,
+             workdir: Path) -> _Topic:
+    """Create a fresh topic set (own prefix, app id, port, data dir); produce ``records``."""
+    settings = settings_with(base, topic_prefix=f"{base.topic_prefix}{name}.",
+                             app_id=f"{base.app_id}-{name}", web_port=free_port(),
+                             data_dir=workdir / name)
+    bootstrap = bootstrap_servers(settings.kafka)
+    ensure_topics(settings)
+    say(f"producing {options.events:,} events as {len(records.records):,} {label} records ...")
+    seconds = asyncio.run(produce(bootstrap, settings.topics.activities, records.records,
+                                  options.partitions, label))
+    say(f"  produced in {seconds:.1f}s ({options.events / seconds:,.0f} events/s)")
+    ends = log_end_offsets(bootstrap, settings.topics.activities)
+    cum = records.cumulative(options.partitions)
+    if any(ends[p] != len(cum[p]) - 1 for p in ends):
+        raise RuntimeError(f"{settings.topics.activities}: end offsets {ends} do not match the "
+                           f"records written {[len(cum[p]) - 1 for p in sorted(cum)]}")
+    return _Topic(label, name, settings, cum, ends)
+
+
+def _run_worker(topic: _Topic, options: BenchOptions, workdir: Path, children: Children,
+                expected: Expected, people: Sequence[Profile],
+                day_key: str) -> tuple[WorkerRun, ManagedProcess]:
+    """Start a worker over a produced topic, time it to the last commit, check its state."""
+    log = workdir / f"{topic.name}-worker.log"
+    say(f"starting a worker over the {topic.label} records (log: {log}) ...")
+    worker = children.start(lambda: start_worker(topic.settings, log))
+    run = wait_all_committed(topic.settings, worker, topic.cum, topic.ends, options.events,
+                             topic.label)
+    say(f"  {topic.label}: {run.events_per_s:,.0f} events/s over {run.interval_s:.1f}s "
+        f"(first commit after {run.first_commit_s:.1f}s, all after {run.total_s:.1f}s)")
+    say(f"checking the {topic.label} worker's KPI changelog against an independent count ...")
+    settings = topic.settings
+    state = read_state(settings, run)
+    run.problems = check_state(expected, state, day_key, [p.user_id for p in people])
+    bootstrap = bootstrap_servers(settings.kafka)
+    dlq = sum(log_end_offsets(bootstrap, settings.topics.dlq).values())
+    run.achievements = sum(log_end_offsets(bootstrap, settings.topics.achievements).values())
+    if dlq:
+        run.problems.append(f"{dlq} record(s) in {settings.topics.dlq}")
+    for problem in run.problems[:10]:
+        say(f"  MISMATCH {problem}")
+    say(f"  {topic.label}: counts {'correct' if not run.problems else 'WRONG'} "
+        f"({run.keys:,} table keys, {run.changelog_records:,} changelog records read)")
+    return run, worker
+
+
+def _latency_phase(topic: _Topic, worker: ManagedProcess, options: BenchOptions,
+                   people: Sequence[Profile], tz: ZoneInfo, run: str) -> Latency:
+    settings = topic.settings
+    wait_ready(settings, 60, process=worker)
+    say(f"latency: {options.rate:,.0f} events/s for {options.latency_seconds:g}s, "
+        f"every {PROBE_EVERY}th event a probe call ...")
+    changelog = f"{settings.app_id}-kpi-changelog"
+    bootstrap = bootstrap_servers(settings.kafka)
+    written = sum(log_end_offsets(bootstrap, changelog).values())
+    cpu, started = cpu_seconds(worker.pid), time.perf_counter()
+    latency = asyncio.run(measure_latency(settings, options, people, tz, run))
+    latency.worker_cpu_percent = (
+        100 * (cpu_seconds(worker.pid) - cpu) / (time.perf_counter() - started))
+    written = sum(log_end_offsets(bootstrap, changelog).values()) - written
+    latency.changelog_per_event = written / max(1, latency.sent)
+    say(f"  latency: p50 {latency.p50_ms:,.1f} ms, p99 {latency.p99_ms:,.1f} ms "
+        f"({latency.probes} probes, {latency.lost} never visible)")
+    return latency
+
+
+def _measure(options: BenchOptions, settings: Settings, workdir: Path, kafka: str,
+             children: Children) -> dict[str, Any]:
+    """Everything after the broker is up; returns the report."""
+    config = settings.pulse
+    tz = ZoneInfo(config.timezone)
+    run = uuid4().hex[:8]
+    base = settings_with(settings, kafka=kafka, partitions=options.partitions,
+                         topic_prefix=f"bench-{run}-", app_id=f"crm-pulse-bench-{run}",
+                         session_timeout_s=6)
+    now = datetime.now(tz)
+    say(f"generating {options.events:,} events of today ({config.timezone}) for "
+        f"{options.users:,} users in {min(options.teams, options.users)} teams ...")
+    people = office(options.users, options.teams, config.timezone)
+    events = generate_events(random.Random(options.seed), options.events, people, now, run)
+    expected = expected_state(events, config)
+    day_key = f"d:{now.date().isoformat()}"
+    single = _prepare("single-event", "single", base, single_records(events), options, workdir)
+    batched = _prepare(f"{options.array_size}-event array", "batched", base,
+                       array_records(events, options.array_size), options, workdir)
+    del events
+
+    say("ceiling: raw aiokafka consume + orjson decode + per-user count ...")
+    top = asyncio.run(ceiling(bootstrap_servers(kafka), single.settings.topics.activities,
+                              f"{base.app_id}-ceiling", options.events))
+    if top.counts != dict(expected.events):
+        raise RuntimeError("the ceiling consumer's per-user counts differ from what was produced")
+    say(f"  ceiling: {top.events_per_s:,.0f} events/s over {top.seconds:.2f}s")
+
+    runs: list[WorkerRun] = []
+    latency: Latency | None = None
+    for topic in (single, batched):
+        result, worker = _run_worker(topic, options, workdir, children, expected, people,
+                                     day_key)
+        if topic is single and options.latency_seconds > 0:
+            latency = _latency_phase(topic, worker, options, people, tz, run)
+        result.rss_mb_peak = peak_rss_mb(worker.pid)
+        children.stop(worker)
+        runs.append(result)
+    if options.kafka:
+        _cleanup(base, ("single", "batched"))
+    return build_report(options, top, runs, latency)
+
+
+def _cleanup(base: Settings, names: Sequence[str]) -> None:
+    """Best effort: remove the bench's topics and groups from a broker that stays up."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers(base.kafka),
+                             client_id="crm-pulse-bench-admin")
+    try:
+        prefixes = tuple(f"{base.topic_prefix}{n}." for n in names)
+        apps = tuple(f"{base.app_id}-{n}-" for n in names)
+        doomed = [t for t in admin.list_topics() if t.startswith(prefixes + apps)]
+        with contextlib.suppress(Exception):
+            admin.delete_topics(doomed, raise_errors=False)
+        with contextlib.suppress(Exception):
+            admin.delete_groups([f"{base.app_id}-{n}" for n in (*names, "ceiling")])
+    finally:
+        admin.close()
+
+
+def run_bench(settings: Settings, options: BenchOptions) -> int:
+    """Run the benchmark and print the result; 0 when the counts are correct, else 1."""
+    for noisy in ("kafka", "aiokafka", "app.kafka"):  # client chatter; failures still raise
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    settings.pulse  # noqa: B018  (a bad KPI model fails here, before any process starts)
+    workdir = Path(tempfile.mkdtemp(prefix="crm-pulse-bench-"))
+    report: dict[str, Any] | None = None
+    try:
+        with Children() as children:
+            kafka = options.kafka
+            if not kafka:
+                say("starting the embedded broker (tansu, in memory) ...")
+                brokers: list[EmbeddedBroker] = []
+
+                def start() -> ManagedProcess:
+                    brokers.append(start_broker(workdir))
+                    return brokers[0].process
+
+                children.start(start)
+                kafka = brokers[0].url
+            report = _measure(options, settings, workdir, kafka, children)
+    except KeyboardInterrupt as stop:
+        say(f"interrupted ({stop or 'SIGINT'}); everything the bench started is stopped")
+        return 130
+    finally:
+        if report is None:
+            say(f"logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(report["text"], flush=True)
+    return 0 if report["figures"]["counts_correct"] else 1
