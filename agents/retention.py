@@ -31,7 +31,9 @@ def expired_keys(items: Iterable[tuple[str, Any]], config: PulseConfig, now: flo
             if int(label) < oldest_seen_day:
                 doomed.append((key, partition))
             continue
-        kind = KIND_OF_PREFIX[label.split(":", 1)[0]]
+        kind = KIND_OF_PREFIX.get(label.split(":", 1)[0])
+        if kind is None:  # not kept per period: first-use flags, streak and best state
+            continue
         keep_days = getattr(config.retention, kind).days + 1
         if (today - Calendar.key_start(label)).days > keep_days + _span_days(kind):
             doomed.append((key, partition))

@@ -32,20 +32,19 @@ def log_end_offsets(bootstrap: Sequence[str], topic: str) -> dict[int, int]:
     """Per partition of ``topic``, its log-end offset, from a Fetch's high watermark.
 
     Not ListOffsets: tansu answers that with the last batch's base offset + 1, which is
-    short of the end whenever the last batch holds more than one record. So each partition
-    that ListOffsets calls non-empty is fetched from just before that offset, and the Fetch
-    answer's high watermark is taken. ``bootstrap`` as :func:`bootstrap_servers` gives it.
+    short of the end whenever the last batch holds more than one record, and has answered 0
+    for non-empty partitions. So every partition is fetched from its beginning and the
+    Fetch answer's high watermark is taken. ``bootstrap`` as :func:`bootstrap_servers` gives it.
     """
-    consumer = KafkaConsumer(bootstrap_servers=list(bootstrap), enable_auto_commit=False)
+    consumer = KafkaConsumer(bootstrap_servers=list(bootstrap), enable_auto_commit=False,
+                             fetch_max_wait_ms=100, max_partition_fetch_bytes=1)
     try:
         partitions = [TopicPartition(topic, p)
                       for p in sorted(consumer.partitions_for_topic(topic) or ())]
         ends = {tp.partition: 0 for tp in partitions}
-        listed = consumer.end_offsets(partitions)
-        wanted = [tp for tp in partitions if listed[tp]]
+        wanted = list(partitions)  # every one: tansu has called non-empty partitions empty
         consumer.assign(wanted)
-        for tp in wanted:
-            consumer.seek(tp, listed[tp] - 1)
+        consumer.seek_to_beginning(*wanted)
         deadline = time.monotonic() + 15
         while wanted and time.monotonic() < deadline:
             consumer.poll(timeout_ms=200, max_records=1)

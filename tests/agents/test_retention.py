@@ -24,11 +24,15 @@ def test_only_expired_keys_of_owned_partitions_are_dropped() -> None:
         "u|d:2026-10-01|ben": bucket(partition=3),  # expired, but partition 3 is not ours
         f"s|{TODAY - 3}|ana": {"p": 0, "ids": {}},  # inside the 7-day dedup horizon
         f"s|{TODAY - 9}|ana": {"p": 0, "ids": {}},  # outside it
+        "f||ana": {"p": 0, "o": 5, "r": {}},        # lifetime state: never expires
+        "k||call_streak|ana": {"p": 0, "o": -1},
+        "c|d:2026-10-01|ana": {"p": 0, "o": -1},    # a close marker expires with its period
     }
     doomed = dict(expired_keys(items.items(), CONFIG, NOW, partitions={0, 1}))
     assert sorted(doomed) == sorted([
         "u|h:2026-11-18T10|ana",
         "u|d:2026-10-01|ana",
+        "c|d:2026-10-01|ana",
         "t|w:2026-07-06|0|north",
         f"s|{TODAY - 9}|ana",
     ])

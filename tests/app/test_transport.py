@@ -36,7 +36,7 @@ def test_highwater_counts_every_record_of_a_batch(make_settings) -> None:
             await asyncio.gather(*sent)
         finally:
             await producer.stop()
-        # ListOffsets on tansu may say 1 here (one batch); give the smallest honest value.
-        return await fetched_highwaters(bootstrap, {TP(topic, 0): 1})
+        # ListOffsets on tansu may say 1 here (one batch), or even 0: trust neither.
+        return await fetched_highwaters(bootstrap, {TP(topic, 0): 0})
 
     assert asyncio.run(scenario()) == {TP(topic, 0): 10}
