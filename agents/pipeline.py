@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,42 @@ if TYPE_CHECKING:
     from app.faust_app import Pulse
 
 logger = logging.getLogger(__name__)
+
+
+async def _batches(stream: Any, max_size: int, within: float) -> AsyncIterator[list[Any]]:
+    """Batches of unacked events: up to ``max_size``, waiting at most ``within`` seconds.
+
+    Not ``stream.take_events``: it acks every event in its buffer after the body, and once
+    the body awaits (we wait for the broker's acknowledgements), a late buffer task can add
+    events the body never saw, which then get acked and committed unprocessed. Here the
+    caller acks exactly the events it processed (``stream.ack``).
+    """
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max_size)
+
+    async def pump() -> None:
+        async for event in stream.noack().events():
+            await queue.put(event)
+
+    pumping = asyncio.ensure_future(pump())
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            batch = [await queue.get()]
+            deadline = loop.time() + within
+            while len(batch) < max_size:
+                if queue.empty():
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        batch.append(await asyncio.wait_for(queue.get(), remaining))
+                    except TimeoutError:
+                        break
+                else:
+                    batch.append(queue.get_nowait())
+            yield batch
+    finally:
+        pumping.cancel()
 
 
 def _seconds(timestamp: float | None) -> float:
@@ -93,7 +130,7 @@ def register_agents(pulse: Pulse) -> None:
     @app.agent(pulse.activities, name="ingest")
     async def ingest(stream: Any) -> None:
         """Validate, dedup and fold activity records into the KPI table, batch by batch."""
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+        async for events in _batches(stream, settings.batch_max, settings.batch_within_s):
             records = [
                 Record(m.topic, m.partition, m.offset, _seconds(m.timestamp), e.key, e.value)
                 for e in events
@@ -125,6 +162,8 @@ def register_agents(pulse: Pulse) -> None:
             except Exception:
                 _crash_without_commit()
             await _acknowledged(state)
+            for event in events:  # only now may these offsets be committed
+                await stream.ack(event)
 
     closer = PeriodCloser(settings.pulse)
     team_rules = TeamRules(settings.pulse, settings.partitions)

@@ -11,6 +11,7 @@ Pinned to faust-streaming 0.15.3 (``tests/app/test_transport.py`` guards it).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -20,6 +21,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 FETCH_DEADLINE_S = 10.0
+logger = logging.getLogger(__name__)
 
 
 async def fetched_highwaters(bootstrap: list[str], listed: Mapping[TP, int]) -> dict[TP, int]:
@@ -49,6 +51,10 @@ async def fetched_highwaters(bootstrap: list[str], listed: Mapping[TP, int]) -> 
         await consumer.stop()
     if wanted:
         raise TimeoutError(f"no fetch answered for {sorted(wanted.values())}; is the broker up?")
+    corrected = {f"{tp.topic}:{tp.partition}": (listed[tp], end)
+                 for tp, end in result.items() if end != listed[tp]}
+    if corrected:
+        logger.info("highwaters corrected by fetch (listed, fetched): %s", corrected)
     return result
 
 
