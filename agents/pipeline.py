@@ -76,12 +76,13 @@ async def _acknowledged(pending: list[Any]) -> None:
 
 
 def _crash_without_commit() -> None:
-    """Exit at once: ``take_events`` acks a batch even when its body raised.
+    """Exit at once, leaving the batch unacked.
 
     Bad input never gets here (ingest parks it in the DLQ); this is for infrastructure
     failures such as a failed table or topic write, or a stop that interrupts the wait for
-    acknowledgements. Exiting before the acks lets the restarted worker replay the batch,
-    and the offset watermarks keep that exact.
+    acknowledgements. Carrying on would keep a half-written batch in memory; exiting lets
+    the restarted worker replay it from the changelog and the committed offsets, and the
+    offset watermarks keep that exact.
     """
     logger.critical("ingest: batch failed; exiting without commit so it is replayed",
                     exc_info=True)

@@ -2,9 +2,9 @@
 
 Two gaps in faust-streaming 0.15.3 that exactness depends on:
 
-- A table write's changelog partition comes from the *current event*. When a batch from
-  ``take_events`` is written back after the loop, that is the batch's last event, which may
-  belong to another partition; recovery would restore the key on the wrong worker.
+- A table write's changelog partition comes from the *current event*. When a batch is
+  written back after the loop, that is the batch's last event, which may belong to another
+  partition; recovery would restore the key on the wrong worker.
   :func:`changelog_partition` names the partition instead.
 - Changelog records go through ``ProducerBuffer``, whose ``flush()`` (called before every
   offset commit) gives up after 100 ms without a send, so a commit can overtake its own
