@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka import TopicPartition as AioPartition
 from kafka.admin import KafkaAdminClient
 
-from app.bench.events import partition_of
+from agents.ingest import partition_of
 from app.bench.options import PROGRESS_EVERY_S, say
 
 BIG_FETCH = {"fetch_max_bytes": 64 * 1024 * 1024, "max_partition_fetch_bytes": 8 * 1024 * 1024}

@@ -15,18 +15,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from aiokafka.partitioner import murmur2
 
+from agents.ingest import partition_of
 from app.config import PulseConfig
 from app.roster import Profile
 from app.simulator import generate_event, hourly_rate
 
 ROLES = ("sales_rep", "sales_rep", "account_manager", "service_agent")
-
-
-def partition_of(key: bytes, partitions: int) -> int:
-    """Kafka's default partitioner (murmur2), as every CRM Pulse producer uses it."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def office(users: int, teams: int, timezone: str) -> list[Profile]:
