@@ -186,7 +186,8 @@ def run_dev(settings: Settings, simulator: bool, rate: float) -> int:
                 started.append(("redis", redis.process))
 
             dev = settings_with(settings, kafka=broker.url, redis=redis.url,
-                                web_port=web_port, data_dir=worker_data)
+                                web_port=web_port, data_dir=worker_data,
+                                webhooks_unsigned=True)
             ensure_topics(dev)
             _say(f"topics ready: {', '.join(dev.topics.all())}")
 

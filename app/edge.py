@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import re
 import time
+from collections.abc import Mapping
 
 from aiohttp import web as aiohttp_web
 from faust.web import Request
@@ -34,11 +35,13 @@ class EdgeError(Exception):
         self.message = message
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The JSON body, refusing wrong content types (415) and bodies over ``limit`` (413)."""
+async def read_body(request: Request, limit: int,
+                    content_types: tuple[str, ...] = JSON_TYPES) -> bytes:
+    """The body, refusing other content types (415) and bodies over ``limit`` (413)."""
     content_type = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-    if content_type not in JSON_TYPES:
-        raise EdgeError(415, "unsupported_media_type", "send Content-Type: application/json")
+    if content_type not in content_types:
+        raise EdgeError(415, "unsupported_media_type",
+                        f"send Content-Type: {' or '.join(content_types)}")
     declared = request.content_length
     if declared is not None and declared > limit:
         raise EdgeError(413, "too_large", f"body over {limit} bytes; split the batch")
@@ -57,12 +60,12 @@ def sign(secret: str, body: bytes, timestamp: int) -> str:
     return f"t={timestamp},v1={mac.hexdigest()}"
 
 
-def verify_generic_signature(request: Request, body: bytes, secret: SecretStr | None,
+def verify_generic_signature(headers: Mapping[str, str], body: bytes, secret: SecretStr | None,
                              now: float | None = None) -> None:
     """Raise 401 unless the signature matches (no secret configured: nothing to check)."""
     if secret is None:
         return
-    header = request.headers.get(SIGNATURE_HEADER, "")
+    header = headers.get(SIGNATURE_HEADER, "")
     parts = dict(p.strip().split("=", 1) for p in header.split(",") if "=" in p)
     timestamp_text, given = parts.get("t", ""), parts.get("v1", "")
     if not (timestamp_text.isdigit() and len(timestamp_text) <= 12 and _HEX64.match(given)):

@@ -60,9 +60,28 @@ class Settings(BaseSettings):
     generic_webhook_secret: SecretStr | None = Field(
         None, description="HMAC secret for /webhooks/generic (unset: unsigned, local dev)."
     )
+    webhooks_unsigned: bool = Field(
+        False, description="Accept vendor webhooks whose credentials are unset (local dev only).")
+    dynamics365_webhook_key: SecretStr | None = Field(
+        None, description="Dataverse service endpoint key: the WebhookKey (sent as ?code=) or "
+        "the value of an HttpHeader registration's X-CRM-Pulse-Key header.")
+    salesforce_organization_id: str | None = Field(
+        None, description="Only Outbound Messages from this org id (15 or 18 chars) are taken.")
+    salesforce_secret: SecretStr | None = Field(
+        None, description="Salesforce shared secret: ?token= on Outbound Message URLs; the "
+        "X-CRM-Pulse-Signature HMAC key for Change Data Capture / Platform Event JSON relays.")
+    hubspot_client_secret: SecretStr | None = Field(
+        None, description="HubSpot app client secret (X-HubSpot-Signature v3, and v1/v2).")
+    hubspot_legacy_signatures: bool = Field(
+        False, description="Also accept HubSpot v1/v2 signatures (older apps).")
+    pipedrive_username: str | None = Field(
+        None, description="HTTP basic auth user set on the Pipedrive webhook.")
+    pipedrive_password: SecretStr | None = Field(
+        None, description="HTTP basic auth password set on the Pipedrive webhook.")
     log_level: str = Field("info", description="Worker log level.")
 
-    @field_validator("generic_webhook_secret")
+    @field_validator("generic_webhook_secret", "dynamics365_webhook_key", "salesforce_secret",
+                     "hubspot_client_secret", "pipedrive_password")
     @classmethod
     def _no_empty_secret(cls, secret: SecretStr | None) -> SecretStr | None:
         if secret is not None and not secret.get_secret_value():

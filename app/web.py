@@ -1,9 +1,10 @@
-"""HTTP API on Faust web: generic webhook, KPI reads, health and readiness."""
+"""HTTP API on Faust web: CRM webhooks, KPI reads, health and readiness."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,9 +16,11 @@ from agents.achievements import AchievementRules
 from agents.ingest import flags_key, team_key, user_key
 from agents.kpis import KpiFolder
 from agents.periods import Calendar, zone
-from app.edge import EdgeError, read_body, verify_generic_signature
+from app.adapters import adapters
+from app.adapters.base import Delivery
+from app.edge import EdgeError, read_body
 from app.kpi_targets import team_targets, user_targets
-from schemas.activity import Rejection, decode_events, validate_event
+from app.webhooks import OwnerDirectory, Routed, body_digest, edge_dead_letter, route
 
 if TYPE_CHECKING:
     from app.faust_app import Pulse
@@ -59,31 +62,60 @@ def register_views(pulse: Pulse) -> None:
             for name in kpis.names
         }
 
-    @app.page("/webhooks/generic")
-    class GenericWebhook(View):
-        """Accept canonical events (one object or an array); 202 once the broker has them."""
+    vendors = adapters(settings)
+    owners = OwnerDirectory(lambda: list(pulse.roster_table.values()), vendors.values())
 
-        async def post(self, request: Request) -> Response:
+    @app.page("/webhooks/{vendor}")
+    class Webhook(View):
+        """A CRM's webhook: 2xx only once the broker has every event and dead letter."""
+
+        async def post(self, request: Request, vendor: str) -> Response:
+            adapter = vendors.get(vendor)
+            if adapter is None:
+                return error(self, 404, "unknown_vendor",
+                             f"no adapter {vendor!r}; use one of {', '.join(sorted(vendors))}")
+            if not (adapter.configured() or settings.webhooks_unsigned):
+                return error(self, 403, "not_configured",
+                             f"{vendor} webhooks are off until their credentials are set "
+                             "(docs/webhooks/); CRM_PULSE_WEBHOOKS_UNSIGNED=true for local dev")
             try:
-                body = await read_body(request, settings.max_body_bytes)
-                verify_generic_signature(request, body, settings.generic_webhook_secret)
-                events = [validate_event(e) for e in decode_events(body)]
+                body = await read_body(request, settings.max_body_bytes, adapter.content_types)
+                delivery = Delivery(request.method, str(request.url), request.headers,
+                                    request.query, body)
+                if adapter.configured():
+                    adapter.authenticate(delivery, time.time())
             except EdgeError as exc:
                 return error(self, exc.status, exc.reason, exc.message)
-            except Rejection as exc:
-                return error(self, 400, exc.reason, exc.message)
-            by_user: dict[str, list[dict[str, Any]]] = {}
-            for event in events:
-                by_user.setdefault(event["user_id"], []).append(event)
+            received_at = time.time()
             try:
-                await asyncio.wait_for(_send_all(pulse, by_user), settings.send_timeout_s)
-            except Exception as exc:  # any broker failure: the sender must retry
-                logger.warning("webhook: broker did not acknowledge (%s)", type(exc).__name__)
-                response = error(self, 503, "broker_unavailable",
-                                 "the broker did not acknowledge; retry later")
-                response.headers["Retry-After"] = "5"
-                return response
-            return self.json({"accepted": len(events)}, status=202)
+                parsed = adapter.parse(delivery)
+            except EdgeError as exc:  # authenticated, but not this vendor's format
+                refused = Routed(dead_letters=[edge_dead_letter(
+                    vendor, body_digest(body), None, exc.reason, exc.message, body,
+                    received_at)])
+                failure = await deliver(self, refused)
+                if failure is not None:
+                    return failure
+                return error(self, exc.status, exc.reason, exc.message)
+            routed = route(adapter, parsed, body, owners, config.roster.strict, received_at)
+            failure = await deliver(self, routed)
+            if failure is not None:
+                return failure
+            answer = adapter.acknowledge(delivery, parsed)
+            return self.bytes(answer.body, content_type=answer.content_type,
+                              status=answer.status)
+
+    async def deliver(view: View, routed: Routed) -> Response | None:
+        """Produce everything and wait for the broker; a 503 response when it did not ack."""
+        try:
+            await asyncio.wait_for(_send_all(pulse, routed), settings.send_timeout_s)
+        except Exception as exc:  # any broker failure: the sender must retry
+            logger.warning("webhook: broker did not acknowledge (%s)", type(exc).__name__)
+            response = error(view, 503, "broker_unavailable",
+                             "the broker did not acknowledge; retry later")
+            response.headers["Retry-After"] = "5"
+            return response
+        return None
 
     @app.page("/api/kpis/users/{user_id}")
     class UserKpis(View):
@@ -196,10 +228,13 @@ def register_views(pulse: Pulse) -> None:
             return self.json(body, status=200 if ready else 503)
 
 
-async def _send_all(pulse: Pulse, by_user: dict[str, list[dict[str, Any]]]) -> None:
-    """Produce one record per user (an array when several) and wait for every ack."""
+async def _send_all(pulse: Pulse, routed: Routed) -> None:
+    """Produce one record per user (an array when several) and every dead letter, and wait
+    for all acks."""
     pending = []
-    for user_id, events in by_user.items():
+    for user_id, events in routed.by_user.items():
         value = orjson.dumps(events[0] if len(events) == 1 else events)
         pending.append(await pulse.activities.send(key=user_id.encode(), value=value))
+    for key, value in routed.dead_letters:
+        pending.append(await pulse.dlq.send(key=key, value=value))
     await asyncio.gather(*pending)

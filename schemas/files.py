@@ -41,20 +41,24 @@ def dlq_schema() -> dict[str, Any]:
         "required": ["dlq_id", "reason", "message", "source", "received_at", "topic",
                      "partition", "offset", "index", "original_b64"],
         "properties": {
-            "dlq_id": {**text, "description": "topic:partition:offset[:index]; dedup key"},
+            "dlq_id": {**text, "description": "topic:partition:offset[:index] in the stream, "
+                       "webhook:<vendor>:<body hash>[:index] at the edge; the dedup key"},
             "reason": {
                 **text,
                 "pattern": r"^(invalid_json|too_large|unknown_user|late|internal_error"
-                           r"|schema:[a-z_]+)$",
-                "description": "machine-readable: invalid_json, schema:<field>, "
-                               "unknown_user, late, too_large, internal_error",
+                           r"|unmappable|schema:[a-z_]+)$",
+                "description": "machine-readable: invalid_json, schema:<field>, unknown_user, "
+                               "late, too_large, internal_error, unmappable (a vendor body "
+                               "or element the webhook adapter cannot map)",
             },
             "message": {**text, "description": "for people: what is wrong"},
             "source": text,
             "received_at": {**text, "format": "date-time"},
-            "topic": text,
-            "partition": {"type": "integer", "minimum": 0},
-            "offset": {"type": "integer", "minimum": 0},
+            "topic": {**text, "description": "the record's topic, or webhook:<vendor>"},
+            "partition": {"type": ["integer", "null"], "minimum": 0,
+                          "description": "null for an edge (webhook) dead letter"},
+            "offset": {"type": ["integer", "null"], "minimum": 0,
+                       "description": "null for an edge (webhook) dead letter"},
             "index": {"type": ["integer", "null"], "minimum": 0,
                       "description": "position in an array record; null for the whole record"},
             "original_b64": {**text, "contentEncoding": "base64",

@@ -81,11 +81,11 @@ def kpi(settings: Settings, scope: str, ident: str, name: str, period: str = "da
 def test_webhook_accepts_single_and_array_and_kpis_follow(api: Settings) -> None:
     status, body, _ = call(api, "POST", "/webhooks/generic",
                            event("ana", occurred_at=now_iso()))
-    assert (status, body) == (202, {"accepted": 1})
+    assert (status, body) == (202, {"accepted": 1, "dead_lettered": 0, "ignored": 0})
     batch = [event("ana", occurred_at=now_iso()), event("ben", occurred_at=now_iso()),
              event("ana", "meeting", occurred_at=now_iso())]
     status, body, _ = call(api, "POST", "/webhooks/generic", batch)
-    assert (status, body) == (202, {"accepted": 3})
+    assert (status, body) == (202, {"accepted": 3, "dead_lettered": 0, "ignored": 0})
     wait_until(lambda: kpi(api, "users", "ana", "calls") == 2, 30, "ana's 2 calls")
     # Members count on their own local day; the week holds both Berlin and Sydney "today".
     wait_until(lambda: kpi(api, "teams", "north", "calls", "week") == 3, 30, "team calls")

@@ -1,0 +1,14 @@
+"""CRM webhook adapters, one module per vendor; :func:`adapters` builds them all."""
+
+from __future__ import annotations
+
+from app.adapters.base import Adapter
+from app.adapters.generic import GenericAdapter
+from app.settings import Settings
+
+ADAPTER_CLASSES: tuple[type[Adapter], ...] = (GenericAdapter,)
+
+
+def adapters(settings: Settings) -> dict[str, Adapter]:
+    """Every adapter, keyed by its URL segment (``/webhooks/<vendor>``)."""
+    return {cls.vendor: cls(settings) for cls in ADAPTER_CLASSES}
