@@ -15,8 +15,8 @@ from zoneinfo import ZoneInfo
 
 from app.config import ROLLING_DAYS, WEEKDAYS
 
-_PREFIX = {"hour": "h", "day": "d", "week": "w", "month": "m", "quarter": "q", "year": "y"}
-KIND_OF_PREFIX = {prefix: kind for kind, prefix in _PREFIX.items()}
+PREFIX_OF_KIND = {"hour": "h", "day": "d", "week": "w", "month": "m", "quarter": "q", "year": "y"}
+KIND_OF_PREFIX = {prefix: kind for kind, prefix in PREFIX_OF_KIND.items()}
 
 
 @lru_cache(maxsize=1024)
@@ -56,7 +56,7 @@ class Calendar:
     """Period keys and bounds for the configured kinds and week start."""
 
     def __init__(self, kinds: tuple[str, ...], week_start: str = "monday") -> None:
-        self.kinds = tuple(k for k in _PREFIX if k in kinds)
+        self.kinds = tuple(k for k in PREFIX_OF_KIND if k in kinds)
         self.week_start = WEEKDAYS.index(week_start)
         self._day_cache: dict[tuple[str, date], tuple[tuple[str, ...], float]] = {}
 
@@ -94,7 +94,7 @@ class Calendar:
     def key_of(self, kind: str, day: date, hour: int = 0) -> str:
         if kind == "hour":
             return f"h:{day.isoformat()}T{hour:02d}"
-        return f"{_PREFIX[kind]}:{self._label(kind, self.start_day(kind, day))}"
+        return f"{PREFIX_OF_KIND[kind]}:{self._label(kind, self.start_day(kind, day))}"
 
     def start_day(self, kind: str, day: date) -> date:
         if kind == "week":

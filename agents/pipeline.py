@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from agents.group_view import GroupFeed, apply_updates, group_id
 from agents.ingest import Ingestor, Record, UserInfo, partition_of
 from agents.period_close import PeriodCloser
 from agents.retention import expired_keys
@@ -90,15 +91,25 @@ def _crash_without_commit() -> None:
     os._exit(70)
 
 
-def _active_partitions(pulse: Pulse) -> set[int]:
-    """The crm.activities partitions this worker owns (their users' state is here)."""
-    topic = pulse.activities.get_topic_name()
-    return {tp.partition for tp in pulse.app.assignor.assigned_actives() if tp.topic == topic}
+def _active_partitions(pulse: Pulse, topic: Any) -> set[int]:
+    """The partitions of ``topic`` this worker owns (the state of their keys is here)."""
+    name = topic.get_topic_name()
+    return {tp.partition for tp in pulse.app.assignor.assigned_actives() if tp.topic == name}
+
+
+def _store(table: Any, writes: dict[str, dict[str, Any]]) -> list[Any]:
+    """Write each value to its own changelog partition (``p``); the send futures."""
+    with collecting_sends() as pending:
+        for key, value in writes.items():
+            with changelog_partition(value["p"]):
+                table[key] = value
+    return pending
 
 
 def register_agents(pulse: Pulse) -> None:
     app, settings = pulse.app, pulse.settings
-    roster_table, kpi_table = pulse.roster_table, pulse.kpi_table
+    roster_table, kpi_table, group_table = (
+        pulse.roster_table, pulse.kpi_table, pulse.group_table)
 
     def roster_lookup(user_id: str) -> UserInfo | None:
         profile = roster_table.get(user_id)
@@ -108,6 +119,7 @@ def register_agents(pulse: Pulse) -> None:
 
     ingestor = Ingestor(settings.pulse, settings.max_event_bytes, settings.partitions,
                         roster_lookup)
+    group_feed = GroupFeed(settings.pulse)
 
     @app.agent(pulse.roster_topic, name="roster-sync")
     async def roster_sync(stream: Any) -> None:
@@ -152,32 +164,50 @@ def register_agents(pulse: Pulse) -> None:
                     for key, value, timestamp in result.forwards:
                         outputs.append(pulse.activities.send_soon(
                             key=key, value=value, timestamp=timestamp))
+                    if group_feed.enabled:
+                        for key, value in group_feed.records(result.writes, roster_table.get):
+                            outputs.append(pulse.groups.send_soon(key=key, value=value))
             except Exception:
                 _crash_without_commit()
             await _acknowledged(outputs)
             try:
-                with collecting_sends() as state:
-                    for key, value in result.writes.items():
-                        with changelog_partition(value["p"]):
-                            kpi_table[key] = value
+                state = _store(kpi_table, result.writes)
             except Exception:
                 _crash_without_commit()
             await _acknowledged(state)
             for event in events:  # only now may these offsets be committed
                 await stream.ack(event)
 
+    @app.agent(pulse.groups, name="groups")
+    async def group_updates(stream: Any) -> None:
+        """Keep the newest team partials and member buckets per group (for group rules)."""
+        async for events in _batches(stream, settings.batch_max, settings.batch_within_s):
+            by_partition: dict[int, list[bytes]] = {}
+            for event in events:
+                by_partition.setdefault(event.message.partition, []).append(event.value)
+            writes = {}
+            for partition, values in by_partition.items():
+                writes.update(apply_updates(values, partition, group_table.get))
+            try:
+                state = _store(group_table, writes)
+            except Exception:
+                _crash_without_commit()
+            await _acknowledged(state)
+            for event in events:
+                await stream.ack(event)
+
     closer = PeriodCloser(settings.pulse)
     team_rules = TeamRules(settings.pulse, settings.partitions)
-    skipped_team_rules: list[int] = []  # warn once
 
     @app.timer(interval=settings.close_interval_s, name="period-close")
     async def close_periods() -> None:
         """Closed periods (below target, streaks, bests, ranks), pace, team goals; once each."""
         if app.rebalancing or not app.tables.recovery.completed.is_set():
             return
-        home = _active_partitions(pulse)
+        users_home = _active_partitions(pulse, pulse.activities)
+        groups_home = _active_partitions(pulse, pulse.groups)
         now = datetime.now(UTC)
-        reviews = []
+        user_reviews, group_reviews = [], []
         groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for profile in list(roster_table.values()):
             user_id = profile.get("user_id")
@@ -187,22 +217,19 @@ def register_agents(pulse: Pulse) -> None:
                 if profile.get(f"{scope}_id"):
                     groups.setdefault((scope, profile[f"{scope}_id"]), []).append(profile)
             partition = partition_of(user_id.encode(), settings.partitions)
-            if partition in home:
-                reviews.append(closer.review(profile, partition, now, kpi_table.get))
-        if team_rules.rules and len(home) < settings.partitions:
-            if home and not skipped_team_rules:
-                logger.warning("team goals and ranks skipped: they need one worker owning all "
-                               "%d partitions (this one owns %d)", settings.partitions, len(home))
-                skipped_team_rules.append(len(home))
-        elif team_rules.rules:
-            for (scope, group_id), members in groups.items():
-                partition = partition_of(f"{scope}:{group_id}".encode(), settings.partitions)
-                if scope == "team":
-                    reviews.append(team_rules.review(group_id, members, partition, now,
-                                                     kpi_table.get))
-                else:
-                    reviews.append(team_rules.rank(group_id, scope, members, partition, now,
-                                                   kpi_table.get))
+            if partition in users_home:
+                user_reviews.append(closer.review(profile, partition, now, kpi_table.get))
+        for (scope, group), members in groups.items() if team_rules.rules else ():
+            partition = partition_of(group_id(scope, group).encode(), settings.partitions)
+            if partition not in groups_home:
+                continue
+            if scope == "team":
+                group_reviews.append(team_rules.review(group, members, partition, now,
+                                                       group_table.get))
+            else:
+                group_reviews.append(team_rules.rank(group, scope, members, partition, now,
+                                                     group_table.get))
+        reviews = user_reviews + group_reviews
         if not any(review.writes for review in reviews):
             return
         emitted_at = time.time()
@@ -216,12 +243,9 @@ def register_agents(pulse: Pulse) -> None:
                         key, value = award.record(emitted_at)
                         outputs.append(pulse.achievements.send_soon(key=key, value=value))
             await asyncio.gather(*outputs)
-            with collecting_sends() as state:
-                for review in reviews:
-                    for key, value in review.writes.items():
-                        with changelog_partition(value["p"]):
-                            kpi_table[key] = value
-            await asyncio.gather(*state)
+            for table, done in ((kpi_table, user_reviews), (group_table, group_reviews)):
+                await asyncio.gather(*_store(table, {
+                    key: value for review in done for key, value in review.writes.items()}))
         except Exception:
             logger.warning("period review: broker did not acknowledge; retrying next tick",
                            exc_info=True)
@@ -232,11 +256,11 @@ def register_agents(pulse: Pulse) -> None:
     @app.timer(interval=600.0, name="kpi-retention")
     async def drop_expired_state() -> None:
         """Delete buckets past retention and dedup memory past the horizon."""
-        doomed = expired_keys(kpi_table.data.items(), settings.pulse, time.time(),
-                              _active_partitions(pulse))
-        for key, partition in doomed:
-            with changelog_partition(partition):
-                kpi_table.pop(key, None)
-        if doomed:
-            logger.info("retention: dropped %d expired state keys", len(doomed))
-
+        for table, topic in ((kpi_table, pulse.activities), (group_table, pulse.groups)):
+            doomed = expired_keys(table.data.items(), settings.pulse, time.time(),
+                                  _active_partitions(pulse, topic))
+            for key, partition in doomed:
+                with changelog_partition(partition):
+                    table.pop(key, None)
+            if doomed:
+                logger.info("retention: dropped %d expired keys of %s", len(doomed), table.name)

@@ -3,10 +3,9 @@
 - team goal: a team's total reaching its goal earns every active member an award;
 - rank / data_quality_hero: at period close, the top people of each team or office.
 
-They compare or add up people of every partition, so only a worker that owns every
-partition can decide (one worker per group, the embedded default); with several workers
-they wait for a cross-worker view. A marker per rule, group and period makes each happen
-once.
+They compare or add up people of every partition, so they read the ``groups`` table that
+:mod:`agents.group_view` fills: the worker owning a group's partition holds all of it. A
+marker per rule, group and period makes each happen once.
 """
 
 from __future__ import annotations
@@ -16,7 +15,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from agents.achievements import Award
-from agents.ingest import team_key, user_key
+from agents.group_view import member_key
+from agents.ingest import team_key
 from agents.kpis import KpiFolder
 from agents.period_close import Review
 from agents.periods import Calendar, zone
@@ -98,8 +98,9 @@ class TeamRules:
                 continue
             scores = []
             for member in ranked:
-                value = self.kpis.read(read(user_key(k, member["user_id"]))
-                                       for k in closed.bucket_keys)[rule.kpi]
+                value = self.kpis.read(
+                    read(member_key(k, scope, group_id, member["user_id"]))
+                    for k in closed.bucket_keys)[rule.kpi]
                 if value > 0:
                     scores.append((value, member["user_id"]))
             scores.sort(key=lambda score: (-score[0], score[1]))

@@ -33,7 +33,9 @@ class Pulse:
     achievements: Any
     alerts: Any
     roster_topic: Any
+    groups: Any
     kpi_table: PartitionedTable
+    group_table: PartitionedTable
     roster_table: Any
 
 
@@ -74,7 +76,9 @@ def create_app(settings: Settings) -> Pulse:
         achievements=app.topic(topics.achievements, partitions=settings.partitions, **raw),
         alerts=app.topic(topics.alerts, partitions=settings.partitions, **raw),
         roster_topic=app.topic(topics.roster, partitions=settings.partitions, **raw),
+        groups=app.topic(topics.groups, partitions=settings.partitions, **raw),
         kpi_table=app.Table("kpi", partitions=settings.partitions, key_type=str),
+        group_table=app.Table("groups", partitions=settings.partitions, key_type=str),
         roster_table=app.GlobalTable(
             "roster",
             partitions=settings.partitions,

@@ -26,9 +26,11 @@ class Topics:
         self.roster = f"{prefix}crm.roster"
         self.achievements = f"{prefix}crm.achievements"
         self.alerts = f"{prefix}crm.kpi.alerts"
+        self.groups = f"{prefix}crm.kpi.groups"  # internal: team/office buckets by group
 
     def all(self) -> list[str]:
-        return [self.activities, self.dlq, self.roster, self.achievements, self.alerts]
+        return [self.activities, self.dlq, self.roster, self.achievements, self.alerts,
+                self.groups]
 
 
 class Settings(BaseSettings):

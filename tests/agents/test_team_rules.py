@@ -35,9 +35,10 @@ def test_goal_reached_over_partitions_awards_every_active_member_once() -> None:
     assert goals.review("north", MEMBERS, 0, NOW, store.get).awards == []
 
 
-def week_calls(user: str, calls: int) -> tuple[str, dict]:
-    return f"u|w:2026-11-16|{user}", {"p": 0, "o": 1, "n": {"calls": calls, "records_fixed":
-                                                             calls % 3}, "s": {}}
+def week_calls(group: str, user: str, calls: int) -> tuple[str, dict]:
+    """A member's week bucket as the groups table holds it."""
+    bucket = {"p": 0, "o": 1, "n": {"calls": calls, "records_fixed": calls % 3}, "s": {}}
+    return f"r|w:2026-11-16|{group}|{user}", bucket
 
 
 def test_top_three_of_the_closed_week_without_opted_out_or_idle_people() -> None:
@@ -45,7 +46,8 @@ def test_top_three_of_the_closed_week_without_opted_out_or_idle_people() -> None
     people = [{"user_id": u, "team_id": "north", "office_id": "berlin"}
               for u in ("a", "b", "c", "d", "e", "f")]
     people[1]["leaderboard_opt_out"] = True
-    store = dict(week_calls(u, n) for u, n in zip("abcdef", [30, 99, 12, 40, 0, 12], strict=True))
+    store = dict(week_calls("team:north", u, n)
+                 for u, n in zip("abcdef", [30, 99, 12, 40, 0, 12], strict=True))
     review = rules.review("north", people, 0, NOW, store.get)
     ranked = [(a.user_id, a.target, a.value) for a in review.awards if a.kind == "rank"]
     assert ranked == [("d", 1, 40), ("a", 2, 30), ("c", 3, 12)]  # ties: by user id
@@ -58,6 +60,7 @@ def test_data_quality_hero_of_the_office() -> None:
     rules = TeamRules(CONFIG, partitions=1)  # data_quality_hero: top 1 per office
     people = [{"user_id": u, "team_id": t, "office_id": "berlin"}
               for u, t in (("a", "north"), ("b", "south"), ("c", "south"))]
-    store = dict(week_calls(u, n) for u, n in zip("abc", [4, 5, 3], strict=True))  # fixed: 1, 2, 0
+    store = dict(week_calls("office:berlin", u, n)  # records fixed: 1, 2, 0
+                 for u, n in zip("abc", [4, 5, 3], strict=True))
     awards = rules.rank("berlin", "office", people, 0, NOW, store.get).awards
     assert [(a.kind, a.user_id, a.target) for a in awards] == [("data_quality_hero", "b", 1)]
