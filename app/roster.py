@@ -61,7 +61,8 @@ class Profile(BaseModel):
     leaderboard_opt_out: bool = Field(False, description="Never shown by name on public boards.")
     dynamics365_id: str | None = Field(None, **_ID, description="Dynamics 365 systemuserid.")
     salesforce_id: str | None = Field(None, **_ID, description="Salesforce User Id (OwnerId).")
-    hubspot_owner_id: str | None = Field(None, **_ID, description="HubSpot owner id.")
+    hubspot_user_id: str | None = Field(
+        None, **_ID, description="HubSpot user id (userId in the owners API; not the owner id).")
     pipedrive_user_id: str | None = Field(None, **_ID, description="Pipedrive user id.")
 
 

@@ -128,7 +128,7 @@ def build_office(seed: int) -> list[Profile]:
                         leaderboard_opt_out=rng.random() < 0.1,
                         dynamics365_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
                         salesforce_id="005" + "".join(rng.choices(_ALNUM, k=15)),
-                        hubspot_owner_id=str(rng.randrange(10_000_000, 100_000_000)),
+                        hubspot_user_id=str(rng.randrange(10_000_000, 100_000_000)),
                         pipedrive_user_id=str(rng.randrange(1_000_000, 10_000_000)),
                     )
                 )

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from app.adapters.base import Adapter
+from app.adapters.dynamics365 import Dynamics365Adapter
 from app.adapters.generic import GenericAdapter
+from app.adapters.hubspot import HubSpotAdapter
 from app.settings import Settings
 
-ADAPTER_CLASSES: tuple[type[Adapter], ...] = (GenericAdapter,)
+ADAPTER_CLASSES: tuple[type[Adapter], ...] = (
+    GenericAdapter, Dynamics365Adapter, HubSpotAdapter)
 
 
 def adapters(settings: Settings) -> dict[str, Adapter]:
