@@ -17,7 +17,7 @@ from agents.ingest import flags_key, team_key, user_key
 from agents.kpis import KpiFolder
 from agents.periods import Calendar, zone
 from app.adapters import adapters
-from app.adapters.base import Delivery
+from app.adapters.base import Counts, Delivery
 from app.edge import EdgeError, read_body
 from app.kpi_targets import team_targets, user_targets
 from app.webhooks import OwnerDirectory, Routed, body_digest, edge_dead_letter, route
@@ -101,7 +101,8 @@ def register_views(pulse: Pulse) -> None:
             failure = await deliver(self, routed)
             if failure is not None:
                 return failure
-            answer = adapter.acknowledge(delivery, parsed)
+            answer = adapter.acknowledge(delivery, Counts(
+                routed.accepted, len(routed.dead_letters), parsed.ignored))
             return self.bytes(answer.body, content_type=answer.content_type,
                               status=answer.status)
 

@@ -17,9 +17,11 @@ import hashlib
 import hmac
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
+
+import orjson
 
 from app.edge import EdgeError
 from app.settings import Settings
@@ -69,6 +71,15 @@ class Parsed:
 
 
 @dataclass(frozen=True)
+class Counts:
+    """What became of a delivery's events: produced, dead-lettered, not counted."""
+
+    accepted: int
+    dead_lettered: int
+    ignored: int
+
+
+@dataclass(frozen=True)
 class Acknowledgement:
     """The HTTP answer the CRM expects once every event is on the broker."""
 
@@ -109,13 +120,9 @@ class Adapter(ABC):
         """Map the body; raise ``EdgeError(400, reason, message)`` when it is not this
         vendor's format at all (the edge then dead-letters the whole body)."""
 
-    def acknowledge(self, delivery: Delivery, parsed: Parsed) -> Acknowledgement:
+    def acknowledge(self, delivery: Delivery, counts: Counts) -> Acknowledgement:
         """Called once every event and DLQ record is on the broker."""
-        body = (
-            b'{"accepted":%d,"dead_lettered":%d,"ignored":%d}'
-            % (len(parsed.events), len(parsed.unmapped), parsed.ignored)
-        )
-        return Acknowledgement(202, body, "application/json")
+        return Acknowledgement(202, orjson.dumps(asdict(counts)), "application/json")
 
 
 def iso_from_millis(millis: int | float) -> str:
