@@ -25,6 +25,9 @@ from uuid import uuid4
 import orjson
 import pytest
 from factories import event
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from kafka_tools import read_topic
 
 from app.edge import SIGNATURE_HEADER, sign
@@ -61,6 +64,10 @@ def hooks(broker, tmp_path_factory) -> Any:
                 dynamics365_id="75C2DD85-E89E-E711-8122-000D3AA2331C"),
         Profile(user_id="hugo", team_id="north", role="sales_rep", timezone="UTC",
                 hubspot_user_id="9586504"),
+        Profile(user_id="sara", team_id="south", role="sales_rep", timezone="UTC",
+                salesforce_id="005RM000001vI4Q"),
+        Profile(user_id="piet", team_id="south", role="sales_rep", timezone="UTC",
+                pipedrive_user_id="12415231"),
     ])
     worker = start_worker(settings, tmp / "worker.log")
     try:
@@ -109,7 +116,15 @@ def refreshed(payload: Any, moments: Callable[[], int]) -> Any:
         fresh["occurredAt"] = moments()
     if isinstance(fresh.get("OperationCreatedOn"), str):     # Dataverse, /Date(ms)/
         fresh["OperationCreatedOn"] = f"/Date({moments()})/"
+    if isinstance(fresh.get("timestamp_micro"), int):        # Pipedrive v1, epoch us
+        fresh["timestamp_micro"] = moments() * 1000
+    elif isinstance(fresh.get("timestamp"), str):            # Pipedrive v2, ISO 8601
+        fresh["timestamp"] = iso(moments())
     return fresh
+
+
+def iso(millis: int) -> str:
+    return datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="milliseconds")
 
 
 def now_ms() -> Callable[[], int]:
@@ -200,6 +215,60 @@ def test_authenticated_body_of_the_wrong_shape_is_400_and_dead_lettered(hooks: S
                30, "the refused body in the DLQ")
 
 
+def outbound_message(path: str) -> bytes:
+    """A Salesforce Outbound Message fixture with its dates moved to now (equal dates stay
+    equal: CreatedDate = LastModifiedDate marks a new record)."""
+    moments, moved = now_ms(), {}
+
+    def now_for(match: re.Match[bytes]) -> bytes:
+        if match[0] not in moved:
+            moved[match[0]] = iso(moments()).replace("+00:00", "Z").encode()
+        return moved[match[0]]
+
+    return re.sub(rb"20\d\d-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", now_for,
+                  (FIXTURES / path).read_bytes())
+
+
+def test_salesforce_outbound_message_gets_the_soap_ack_and_counts(hooks: Settings) -> None:
+    body = outbound_message("salesforce/outbound_tasks.xml")
+    path = f"/webhooks/salesforce?token={SALESFORCE_SECRET}"
+    status, answer, headers = post(hooks, path, body, content_type="text/xml")
+    assert status == 200, answer
+    assert headers["Content-Type"].startswith("text/xml")
+    assert b"<Ack>true</Ack>" in answer
+    expected = {"calls": 1, "emails": 1, "activities": 2}  # completions do not count again
+
+    def sara_matches() -> bool:
+        values = kpis(hooks, "sara")  # roster: the 15-character form of the OwnerId
+        return {name: values.get(name) for name in expected} == expected
+
+    wait_until(sara_matches, 30, f"sara's KPIs {expected}")
+    assert post(hooks, path, outbound_message("salesforce/outbound_tasks.xml"),
+                content_type="text/xml")[0] == 200  # Salesforce resends until acked
+    unsigned = post(hooks, "/webhooks/salesforce?token=guess", body, content_type="text/xml")
+    assert (unsigned[0], orjson.loads(unsigned[1])["error"]) == (401, "bad_credentials")
+    marker = orjson.dumps(event("sara", occurred_at=datetime.now(UTC).isoformat()))
+    signature = sign(GENERIC_SECRET, marker, int(time.time()))
+    assert post(hooks, "/webhooks/generic", marker, {SIGNATURE_HEADER: signature})[0] == 202
+    wait_until(lambda: kpis(hooks, "sara").get("calls") == 2, 30, "the marker call")
+    assert kpis(hooks, "sara")["emails"] == 1
+
+
+def test_pipedrive_v1_and_v2_with_basic_auth(hooks: Settings) -> None:
+    auth = base64.b64encode(f"{PIPEDRIVE_USER}:{PIPEDRIVE_PASSWORD}".encode()).decode()
+    headers = {"Authorization": f"Basic {auth}"}
+    for name in ("v2_activity_create.json", "v1_deal_added.json", "v1_deal_updated_won.json"):
+        body = orjson.dumps(fixture_json(f"pipedrive/{name}"))
+        status, answer, _ = post(hooks, "/webhooks/pipedrive", body, headers)
+        assert (status, orjson.loads(answer)["accepted"]) == (202, 1), name
+    expected = {"meetings": 1, "opportunities": 1, "deals_won": 1, "won_amount": 100}
+    wait_until(lambda: {n: kpis(hooks, "piet").get(n) for n in expected} == expected, 30,
+               f"piet's KPIs {expected}")
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"pipedrive:nope").decode()}
+    status, answer, _ = post(hooks, "/webhooks/pipedrive", b"{}", wrong)
+    assert (status, orjson.loads(answer)["error"]) == (401, "bad_credentials")
+
+
 def test_unknown_vendor_is_404(hooks: Settings) -> None:
     status, answer, _ = post(hooks, "/webhooks/zoho", b"{}")
     assert (status, orjson.loads(answer)["error"]) == (404, "unknown_vendor")
@@ -264,3 +333,75 @@ def test_broker_outage_answers_503_and_the_retry_counts_once(redis_server, tmp_p
         if worker is not None:
             worker.stop()
         broker.stop()
+
+
+def authenticated(settings: Settings, vendor: str, body: bytes, content_type: str
+                  ) -> tuple[str, dict[str, str]]:
+    """The path and headers with which ``vendor`` would deliver ``body``."""
+    path, headers = f"/webhooks/{vendor}", {}
+    if vendor == "generic":
+        headers[SIGNATURE_HEADER] = sign(GENERIC_SECRET, body, int(time.time()))
+    elif vendor == "salesforce" and content_type == "application/json":
+        headers[SIGNATURE_HEADER] = sign(SALESFORCE_SECRET, body, int(time.time()))
+    elif vendor == "salesforce":
+        path += f"?token={SALESFORCE_SECRET}"
+    elif vendor == "dynamics365":
+        path += f"?code={DYNAMICS_KEY}"
+    elif vendor == "hubspot":
+        headers.update(hubspot_v3(settings, body))
+    elif vendor == "pipedrive":
+        auth = base64.b64encode(f"{PIPEDRIVE_USER}:{PIPEDRIVE_PASSWORD}".encode()).decode()
+        headers["Authorization"] = f"Basic {auth}"
+    return path, headers
+
+
+SEEDS = [(vendor, path.read_bytes(), "text/xml" if path.suffix == ".xml" else "application/json")
+         for vendor in ("dynamics365", "hubspot", "salesforce", "pipedrive")
+         for path in sorted((FIXTURES / vendor).glob("*.[jx][sm][ol]*"))]
+
+
+@st.composite
+def mutated_deliveries(draw: st.DrawFn) -> tuple[str, bytes, str]:
+    vendor, seed, content_type = draw(st.sampled_from(
+        [*SEEDS, ("generic", orjson.dumps(event("ana")), "application/json")]))
+    body = bytearray(seed)
+    for _ in range(draw(st.integers(0, 6))):
+        where = draw(st.integers(0, max(len(body) - 1, 0)))
+        operation = draw(st.sampled_from(["flip", "cut", "insert", "truncate"]))
+        if operation == "flip" and body:
+            body[where] ^= 1 << draw(st.integers(0, 7))
+        elif operation == "cut":
+            del body[where:where + draw(st.integers(1, 64))]
+        elif operation == "insert":
+            body[where:where] = draw(st.sampled_from(
+                [b"\xff\xfe", b"[[[[[[[[", b"1e999999", b"NaN", b"null", b'"', b"{}", b"-0",
+                 b"<!ENTITY x SYSTEM 'file:///etc/passwd'>", b"99999999999999999999999"]))
+        elif operation == "truncate":
+            del body[where:]
+    return vendor, bytes(body), content_type
+
+
+@hypothesis_settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(delivery=st.one_of(
+    mutated_deliveries(),
+    st.tuples(st.sampled_from(["generic", "dynamics365", "hubspot", "salesforce",
+                               "pipedrive"]), st.binary(max_size=2048),
+              st.sampled_from(["application/json", "text/xml"]))))
+def test_fuzzed_deliveries_never_get_a_5xx(hooks: Settings,
+                                           delivery: tuple[str, bytes, str]) -> None:
+    """Authenticated random and mutated bodies: a 2xx or a 4xx with a reason, never a 5xx."""
+    vendor, body, content_type = delivery
+    path, headers = authenticated(hooks, vendor, body, content_type)
+    status, answer, _ = post(hooks, path, body, headers, content_type)
+    assert status < 500, (status, answer[:300])
+    if status >= 400:
+        assert orjson.loads(answer)["error"]
+
+
+def test_the_worker_survived_the_fuzzing(hooks: Settings) -> None:
+    with urllib.request.urlopen(hooks.web_url + "/readyz", timeout=15) as response:
+        assert response.status == 200
+    marker = orjson.dumps(event("fuzz-survivor", occurred_at=datetime.now(UTC).isoformat()))
+    path, headers = authenticated(hooks, "generic", marker, "application/json")
+    assert post(hooks, path, marker, headers)[0] == 202
+    wait_until(lambda: kpis(hooks, "fuzz-survivor").get("calls") == 1, 30, "the marker")
