@@ -94,12 +94,12 @@ class Review:
 class PeriodCloser:
     """Decides closed periods, alerts and period-based awards from the KPI config."""
 
-    def __init__(self, config: PulseConfig, catch_up: timedelta = timedelta(days=2)) -> None:
+    def __init__(self, config: PulseConfig) -> None:
         self.config = config
         self.kpis = KpiFolder(config)
         self.calendar = Calendar(config.calendar_periods, config.week_start)
         self.kinds = tuple(k for k in CLOSABLE if k in config.periods)
-        self.catch_up = catch_up
+        self.catch_up = config.catch_up
         self.working_days = {WEEKDAYS.index(day) for day in config.calendar.working_days}
         self.holidays = set(config.calendar.holidays)
         self.period_rules = [r for r in config.achievements

@@ -235,6 +235,9 @@ class PulseConfig(_Strict):
     periods: list[PeriodKind] = ["hour", "day", "week", "month", "rolling_7d", "rolling_30d"]
     grace: Duration = Field(timedelta(hours=1), description="Lateness allowed after a day ends.")
     dedup_horizon: Duration = Field(timedelta(days=7), description="Duplicate event_id window.")
+    catch_up: Duration = Field(
+        timedelta(days=2), description="How far back closed periods are still reviewed (alerts, "
+        "streaks, bests) when no worker ran at their close.")
     retention: Retention = Retention()
     roster: RosterRules = RosterRules()
     alerts: AlertRules = AlertRules()
