@@ -40,6 +40,7 @@ from app.adapters.base import (
     same_secret,
 )
 from app.edge import EdgeError
+from schemas.activity import Rejection
 
 KEY_HEADER = "X-CRM-Pulse-Key"
 KEY_QUERY = "code"
@@ -108,11 +109,6 @@ RECORD_MESSAGES = ("create", "delete", "assign", *STATE_MESSAGES)
 AMOUNT_ATTRIBUTES = ("actualrevenue", "actualvalue", "estimatedvalue")
 
 
-class _Unmappable(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 def _pairs(value: Any) -> dict[str, Any]:
@@ -236,7 +232,7 @@ class Dynamics365Adapter(Adapter):
                            "PrimaryEntityName missing); register a webhook service endpoint")
         try:
             event = self._map(context)
-        except _Unmappable as exc:
+        except Rejection as exc:
             return Parsed(unmapped=[Unmapped(exc.reason, exc.message, delivery.body)])
         return Parsed(ignored=1) if event is None else Parsed(events=[event])
 
@@ -248,7 +244,7 @@ class Dynamics365Adapter(Adapter):
             return None
         for key in ("InputParameters", "PreEntityImages", "PostEntityImages"):
             if context.get(key) is not None and not isinstance(context[key], list):
-                raise _Unmappable("unmappable", f"{key} must be a list of {{key, value}}")
+                raise Rejection("unmappable", f"{key} must be a list of {{key, value}}")
         inputs = _pairs(context.get("InputParameters"))
         target = _attributes(inputs.get("Target"))
         if milestone := MILESTONE_MESSAGES.get((message, entity)):
@@ -309,7 +305,7 @@ class Dynamics365Adapter(Adapter):
         if record_id is None and context["PrimaryEntityName"].lower() == milestone.record_type:
             record_id = self._record_id(context)
         if record_id is None:
-            raise _Unmappable("schema:record_id", f"no {milestone.reference} in the "
+            raise Rejection("schema:record_id", f"no {milestone.reference} in the "
                               f"{context['MessageName']} context")
         post = _images(context, "PostEntityImages")
         event: dict[str, Any] = {
@@ -346,14 +342,14 @@ class Dynamics365Adapter(Adapter):
         record_id = _guid(context.get("PrimaryEntityId")) or _guid(
             _pairs(context.get("OutputParameters")).get("id"))
         if record_id is None:
-            raise _Unmappable("schema:record_id", "PrimaryEntityId is missing or not a GUID")
+            raise Rejection("schema:record_id", "PrimaryEntityId is missing or not a GUID")
         return record_id
 
     def _operation_id(self, context: dict[str, Any], record_id: str) -> str:
         """Redeliveries of one operation carry the same OperationId (or RequestId)."""
         operation = _guid(context.get("OperationId")) or _guid(context.get("RequestId"))
         if operation is None:
-            raise _Unmappable("schema:event_id", "no OperationId or RequestId to identify the "
+            raise Rejection("schema:event_id", "no OperationId or RequestId to identify the "
                               "operation; CRM Pulse cannot tell redeliveries apart")
         return f"{self.vendor}:{operation}:{record_id}"
 
@@ -366,7 +362,7 @@ class Dynamics365Adapter(Adapter):
         for value in candidates:
             if occurred_at := _timestamp(value):
                 return occurred_at
-        raise _Unmappable("schema:occurred_at", "OperationCreatedOn is missing or not a date "
+        raise Rejection("schema:occurred_at", "OperationCreatedOn is missing or not a date "
                           "between 2000 and 2100 (expected /Date(millis)/ or ISO 8601)")
 
     @staticmethod

@@ -44,6 +44,7 @@ from app.adapters.base import (
     same_secret,
 )
 from app.edge import EdgeError
+from schemas.activity import Rejection
 
 SOURCE = "pipedrive"
 
@@ -80,11 +81,6 @@ _CREDENTIALS_HINT = ("set the same HTTP Auth username and password on the Pipedr
                      "CRM_PULSE_PIPEDRIVE_USERNAME / CRM_PULSE_PIPEDRIVE_PASSWORD")
 
 
-class _Unmappable(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -139,10 +135,10 @@ class PipedriveAdapter(Adapter):
                 parsed.ignored = 1
                 return parsed
             if not isinstance(action, str) or action not in ACTIONS:
-                raise _Unmappable("unmappable", f"unknown webhook action {str(action)[:40]!r}")
+                raise Rejection("unmappable", f"unknown webhook action {str(action)[:40]!r}")
             change = _read_change(body, meta, v2, entity, ACTIONS[action])
             parsed.events.extend(_map(change))
-        except _Unmappable as exc:
+        except Rejection as exc:
             parsed.unmapped.append(Unmapped(exc.reason, exc.message, delivery.body))
         return parsed
 
@@ -197,7 +193,7 @@ def _entity_action(body: dict[str, Any], meta: dict[str, Any]) -> tuple[bool, st
     else:
         raise bad_body("not a Pipedrive webhook: 'meta' has neither 'version' 2.0 nor 'v' 1")
     if not isinstance(entity, str) or not entity:
-        raise _Unmappable("unmappable", "the webhook names no entity (meta.entity/meta.object)")
+        raise Rejection("unmappable", "the webhook names no entity (meta.entity/meta.object)")
     return v2, entity.lower(), action
 
 
@@ -210,7 +206,7 @@ def _read_change(body: dict[str, Any], meta: dict[str, Any], v2: bool, entity: s
     elif isinstance(current, dict):
         record = current
     else:
-        raise _Unmappable("unmappable", f"{action} webhook for a {entity} carries no record")
+        raise Rejection("unmappable", f"{action} webhook for a {entity} carries no record")
     if action != "change" or not isinstance(previous, dict):
         changed: dict[str, Any] = {}
     elif v2:
@@ -220,7 +216,7 @@ def _read_change(body: dict[str, Any], meta: dict[str, Any], v2: bool, entity: s
     record_id = _id(meta.get("entity_id" if v2 else "id")) or _id(record.get("id"))
     company = _id(meta.get("company_id"))
     if record_id is None or company is None:
-        raise _Unmappable("unmappable", f"{entity} webhook without record id or company_id")
+        raise Rejection("unmappable", f"{entity} webhook without record id or company_id")
     if v2:
         delivery = _id(meta.get("id"))
         stamp = meta.get("timestamp")
@@ -230,7 +226,7 @@ def _read_change(body: dict[str, Any], meta: dict[str, Any], v2: bool, entity: s
         delivery = (f"{entity}:{record_id}:{action}:{micro if _is_number(micro) else stamp}"
                     if _is_number(stamp) else None)
     if delivery is None:
-        raise _Unmappable("unmappable", f"{entity} webhook without a stable event id (meta.id "
+        raise Rejection("unmappable", f"{entity} webhook without a stable event id (meta.id "
                                         "in v2, meta.timestamp in v1)")
     return _Change(
         company=company, delivery=delivery, action=action, entity=entity,
@@ -260,7 +256,7 @@ def _map(change: _Change) -> list[VendorEvent]:
     def event(type_: str, action: str, event_id: str = key,
               more: dict[str, Any] | None = None, **fields: Any) -> VendorEvent:
         if len(event_id) > 200:
-            raise _Unmappable("schema:event_id", "Pipedrive ids too long for an event_id")
+            raise Rejection("schema:event_id", "Pipedrive ids too long for an event_id")
         canonical = {
             "event_id": event_id, "occurred_at": change.occurred_at, "type": type_,
             "action": action, "source": SOURCE, "record_type": change.entity,
@@ -373,7 +369,7 @@ def _occurred_at(stamp: Any) -> str:
                     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         except (ValueError, OverflowError):
             pass
-    raise _Unmappable("schema:occurred_at",
+    raise Rejection("schema:occurred_at",
                       "meta.timestamp is not a date-time with offset or unix seconds (2000-2100)")
 
 
@@ -397,10 +393,10 @@ def _money(record: dict[str, Any]) -> dict[str, Any]:
     if value is None:
         return {}
     if not _is_number(value) or abs(value) > 1e15:
-        raise _Unmappable("schema:amount", "the record's value is not a number")
+        raise Rejection("schema:amount", "the record's value is not a number")
     if currency is None:
         return {"amount": value}
     if not isinstance(currency, str) or not _CURRENCY.match(currency):
-        raise _Unmappable("schema:currency",
+        raise Rejection("schema:currency",
                           "the record's currency is not an ISO 4217 code like EUR")
     return {"amount": value, "currency": currency}

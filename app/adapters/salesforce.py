@@ -61,6 +61,7 @@ from app.adapters.base import (
     same_secret,
 )
 from app.edge import EdgeError, verify_generic_signature
+from schemas.activity import Rejection
 
 SOURCE = "salesforce"
 XML_TYPES = ("text/xml", "application/soap+xml", "application/xml")
@@ -158,13 +159,6 @@ _MILESTONES: dict[str, Callable[[Mapping[str, Any]], Milestone | None]] = {
 }
 
 
-class _Bad(Exception):
-    """An element that cannot become events (it goes to the DLQ)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -207,7 +201,8 @@ def _number(value: Any, field: str, schema_field: str, low: float, high: float) 
             value = None
     if (isinstance(value, bool) or not isinstance(value, int | float)
             or not (math.isfinite(value) and low <= value <= high)):
-        raise _Bad(f"schema:{schema_field}", f"{field} must be a number in [{low:g}, {high:g}]")
+        raise Rejection(f"schema:{schema_field}",
+                        f"{field} must be a number in [{low:g}, {high:g}]")
     return value
 
 
@@ -218,7 +213,7 @@ def _extras(change: _Change, milestone_type: str | None) -> dict[str, Any]:
         currency = fields.get("CurrencyIsoCode")
         if currency is not None and not (isinstance(currency, str)
                                          and _CURRENCY.fullmatch(currency)):
-            raise _Bad("schema:currency", "CurrencyIsoCode must be an ISO 4217 code like EUR")
+            raise Rejection("schema:currency", "CurrencyIsoCode must be an ISO 4217 code like EUR")
         return {"amount": _number(fields.get("Amount"), "Amount", "amount", -1e15, 1e15),
                 "currency": currency}
     seconds = _number(fields.get("CallDurationInSeconds"), "CallDurationInSeconds",
@@ -268,7 +263,7 @@ def _salesforce_id(value: Any, field: str, reason: str = "unmappable") -> str | 
     if value is None:
         return None
     if not (isinstance(value, str) and _SFID.fullmatch(value)):
-        raise _Bad(reason, f"{field} is not a Salesforce id (15 or 18 letters and digits)")
+        raise Rejection(reason, f"{field} is not a Salesforce id (15 or 18 letters and digits)")
     return id18(value)
 
 
@@ -310,11 +305,11 @@ def _timestamp(value: str | None, field: str) -> str | None:
     except ValueError:
         moment = None
     if moment is None or moment.tzinfo is None or not 2000 <= moment.year <= 2100:
-        raise _Bad("schema:occurred_at", f"{field} must be a date-time with an offset, "
+        raise Rejection("schema:occurred_at", f"{field} must be a date-time with an offset, "
                                          "years 2000-2100")
     moment = moment.astimezone(UTC)
     if not 2000 <= moment.year <= 2100:
-        raise _Bad("schema:occurred_at", f"{field} must be in the years 2000-2100")
+        raise Rejection("schema:occurred_at", f"{field} must be in the years 2000-2100")
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -322,10 +317,10 @@ def _outbound_events(notification: Element) -> list[VendorEvent] | None:
     """One ``Notification``'s events; ``None`` when its object is not counted."""
     sobject = notification.find(f"{_OUT}sObject")
     if sobject is None:
-        raise _Bad("unmappable", "the Notification has no sObject")
+        raise Rejection("unmappable", "the Notification has no sObject")
     entity = sobject.get(f"{_XSI}type", "").rpartition(":")[2]
     if not entity:
-        raise _Bad("unmappable", "the sObject has no xsi:type naming its object")
+        raise Rejection("unmappable", "the sObject has no xsi:type naming its object")
     if entity not in _KINDS:
         return None
     fields = {child.tag.rpartition("}")[2]: _text(child) for child in sobject}
@@ -334,8 +329,8 @@ def _outbound_events(notification: Element) -> list[VendorEvent] | None:
                                      "the Notification Id", "schema:event_id")
     record_id = _salesforce_id(fields.get("Id"), "the record Id", "schema:record_id")
     if notification_id is None or record_id is None:
-        raise _Bad("schema:record_id", "the Notification needs its Id and the record's Id; add "
-                                       "Id to the Outbound Message's fields")
+        raise Rejection("schema:record_id", "the Notification needs its Id and the record's "
+                        "Id; add Id to the Outbound Message's fields")
     created = _timestamp(fields.get("CreatedDate"), "CreatedDate")
     modified = _timestamp(fields.get("LastModifiedDate"), "LastModifiedDate")
     if created is not None and modified in (None, created):
@@ -343,8 +338,8 @@ def _outbound_events(notification: Element) -> list[VendorEvent] | None:
     elif modified is not None:
         operation, occurred_at = "update", modified
     else:
-        raise _Bad("schema:occurred_at", "add CreatedDate and LastModifiedDate to the Outbound "
-                                         "Message's fields")
+        raise Rejection("schema:occurred_at", "add CreatedDate and LastModifiedDate to the "
+                        "Outbound Message's fields")
     modifier = _salesforce_id(fields.get("LastModifiedById"), "LastModifiedById")
     owner = _salesforce_id(fields.get("OwnerId"), "OwnerId") or modifier
     return _events(_Change(
@@ -381,7 +376,7 @@ def _changed(header: Mapping[str, Any], payload: Mapping[str, Any]) -> frozenset
 def _change_events(element: Any) -> list[VendorEvent] | None:
     """One change event's events (one record each); ``None`` when it is not counted."""
     if not isinstance(element, dict):
-        raise _Bad("unmappable", "each element must be a change event object")
+        raise Rejection("unmappable", "each element must be a change event object")
     payload = element
     for wrapper in ("data", "payload"):  # CometD {"data": {"payload": ...}}, {"payload": ...}
         if isinstance(payload.get(wrapper), dict):
@@ -390,36 +385,36 @@ def _change_events(element: Any) -> list[VendorEvent] | None:
     if header is None and "CreatedById" in payload and "CreatedDate" in payload:
         return None  # a platform event: CRM Pulse does not count those
     if not isinstance(header, dict):
-        raise _Bad("unmappable", "not a change event: no ChangeEventHeader; relay Change Data "
+        raise Rejection("unmappable", "not a change event: no ChangeEventHeader; relay Change Data "
                                  "Capture events as Salesforce delivers them")
     entity, change_type = header.get("entityName"), header.get("changeType")
     if not (isinstance(entity, str) and isinstance(change_type, str)):
-        raise _Bad("unmappable", "the ChangeEventHeader needs entityName and changeType")
+        raise Rejection("unmappable", "the ChangeEventHeader needs entityName and changeType")
     if change_type.startswith("GAP_") or change_type == "UNDELETE" or entity not in _KINDS:
         return None
     operation = _OPERATIONS.get(change_type)
     if operation is None:
-        raise _Bad("unmappable", f"unknown changeType {change_type[:40]!r}")
+        raise Rejection("unmappable", f"unknown changeType {change_type[:40]!r}")
     timestamp = header.get("commitTimestamp")
     if isinstance(timestamp, bool) or not (isinstance(timestamp, int | float)
                                            and _MIN_MILLIS <= timestamp < _MAX_MILLIS):
-        raise _Bad("schema:occurred_at", "commitTimestamp must be epoch milliseconds "
+        raise Rejection("schema:occurred_at", "commitTimestamp must be epoch milliseconds "
                                          "(years 2000-2100)")
     transaction, sequence = header.get("transactionKey"), header.get("sequenceNumber")
     if not (isinstance(transaction, str) and _TRANSACTION_KEY.fullmatch(transaction)
             and isinstance(sequence, int) and not isinstance(sequence, bool)
             and 0 <= sequence < 10**9):
-        raise _Bad("schema:event_id", "the ChangeEventHeader needs transactionKey and "
+        raise Rejection("schema:event_id", "the ChangeEventHeader needs transactionKey and "
                                       "sequenceNumber")
     record_ids = header.get("recordIds")
     if not (isinstance(record_ids, list) and record_ids
             and all(isinstance(record_id, str) for record_id in record_ids)):
-        raise _Bad("schema:record_id", "the ChangeEventHeader needs recordIds")
+        raise Rejection("schema:record_id", "the ChangeEventHeader needs recordIds")
     if any(record_id.endswith("*") for record_id in record_ids):
         return None  # a field type conversion on every record of the object
     if not all(_SFID.fullmatch(record_id) for record_id in record_ids):
-        raise _Bad("schema:record_id", "recordIds must be Salesforce ids (15 or 18 letters and "
-                                       "digits)")
+        raise Rejection("schema:record_id",
+                        "recordIds must be Salesforce ids (15 or 18 letters and digits)")
     commit_user = _salesforce_id(header.get("commitUser"), "commitUser")
     owner = _salesforce_id(payload.get("OwnerId"), "OwnerId") or commit_user
     changed = frozenset(payload) if operation == "create" else _changed(header, payload)
@@ -442,7 +437,7 @@ def _add(parsed: Parsed, element: T, mapper: Callable[[T], list[VendorEvent] | N
          original: Callable[[T], bytes]) -> None:
     try:
         events = mapper(element)
-    except _Bad as exc:
+    except Rejection as exc:
         parsed.unmapped.append(Unmapped(exc.reason, exc.message, original(element)))
         return
     if events is None:
