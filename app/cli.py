@@ -32,6 +32,7 @@ def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         backfill=args.backfill,
         seed=args.seed,
         write_roster=not args.no_roster,
+        history_days=args.history_days,
     )
 
 
@@ -106,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--count", type=int, default=None, help="stop after this many events")
     sim.add_argument("--backfill", action="store_true",
                      help="first write today's events from working-day start until now")
+    sim.add_argument("--history-days", type=int, default=0, metavar="N",
+                     help="first write the N days before today, stamped as of their time "
+                     "(streaks, bests and last week's ranks; needs catch_up >= N days)")
     sim.add_argument("--seed", type=int, default=7, help="random seed (same seed, same office)")
     sim.add_argument("--no-roster", action="store_true", help="do not write the roster first")
     sim.set_defaults(handler=_cmd_simulate)

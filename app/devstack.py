@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+import yaml
+
 from app.config import ConfigError
 from app.embedded import (
     EmbeddedError,
@@ -40,6 +42,7 @@ logger = logging.getLogger(__name__)
 BROKER_PORT = 9092
 REDIS_PORT = 6379
 READY_TIMEOUT_S = 90.0
+DEMO_HISTORY_DAYS = 9  # a 5-day streak across a weekend, and all of last week for its ranks
 
 
 class _Stop(BaseException):
@@ -152,6 +155,17 @@ def _stop_all(started: list[tuple[str, ManagedProcess]]) -> None:
             logger.exception("could not stop %s (pid %s)", name, process.pid)
 
 
+def _demo_config(settings: Settings, workdir: Path) -> Path:
+    """The configured KPI model with ``catch_up`` covering the simulator's history, so the
+    worker reviews those closed days (streaks, personal bests, last week's ranks)."""
+    model = yaml.safe_load(settings.config.read_text(encoding="utf-8"))
+    model["catch_up"] = f"{DEMO_HISTORY_DAYS + 1}d"
+    path = workdir / "pulse.yaml"
+    path.write_text(f"# crm-pulse dev: {settings.config} with catch_up for the simulator's "
+                    f"history\n" + yaml.safe_dump(model, sort_keys=False), encoding="utf-8")
+    return path
+
+
 def run_dev(settings: Settings, simulator: bool, rate: float) -> int:
     """Run the whole stack in the foreground until Ctrl-C; returns the exit code."""
     if settings.log_level.lower() != "debug":
@@ -187,7 +201,7 @@ def run_dev(settings: Settings, simulator: bool, rate: float) -> int:
 
             dev = settings_with(settings, kafka=broker.url, redis=redis.url,
                                 web_port=web_port, data_dir=worker_data,
-                                webhooks_unsigned=True)
+                                webhooks_unsigned=True, config=_demo_config(settings, workdir))
             ensure_topics(dev)
             _say(f"topics ready: {', '.join(dev.topics.all())}")
 
@@ -200,9 +214,11 @@ def run_dev(settings: Settings, simulator: bool, rate: float) -> int:
 
             if simulator:
                 with signals.deferred():
-                    sim = start_simulator(dev, logs["simulator"], rate=rate, backfill=True)
+                    sim = start_simulator(dev, logs["simulator"], rate=rate, backfill=True,
+                                          history_days=DEMO_HISTORY_DAYS)
                     started.append(("simulator", sim))
-                _say(f"simulator started: today's events so far, then {rate:g} events/s")
+                _say(f"simulator started: the {DEMO_HISTORY_DAYS} days before today, today's "
+                     f"events so far, then {rate:g} events/s")
 
             _banner(dev, broker.bootstrap, redis.url, logs)
             return _watch(dict(started))

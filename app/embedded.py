@@ -404,10 +404,11 @@ def wait_ready(
 
 
 def start_simulator(
-    settings: Settings, log_path: Path, rate: float, backfill: bool
+    settings: Settings, log_path: Path, rate: float, backfill: bool, history_days: int = 0
 ) -> ManagedProcess:
     """Start ``crm-pulse simulate`` producing ``rate`` events per second (today first if asked)."""
-    args = [sys.executable, "-m", "app.cli", "simulate", "--rate", str(rate)]
+    args = [sys.executable, "-m", "app.cli", "simulate", "--rate", str(rate),
+            "--history-days", str(history_days)]
     if backfill:
         args.append("--backfill")
     return ManagedProcess("simulator", args, log_path, _python_env(settings))

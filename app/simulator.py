@@ -293,10 +293,17 @@ def backfill_times(
     start = datetime.combine(
         local_now.date(), dtime(BACKFILL_START_HOUR), local_now.tzinfo
     ).astimezone(UTC)
+    return active_times(rng, person, start, now_utc, calendar)
+
+
+def active_times(
+    rng: random.Random, person: Profile, start: datetime, until: datetime, calendar: Calendar
+) -> list[datetime]:
+    """When ``person`` was active between ``start`` and ``until`` (UTC), sorted."""
     rate, slot, times = hourly_rate(person), timedelta(minutes=15), []
     cursor = start
-    while cursor < now_utc:
-        end = min(cursor + slot, now_utc)
+    while cursor < until:
+        end = min(cursor + slot, until)
         hours = (end - cursor).total_seconds() / 3600
         weight = activity_weight(local_time(person, cursor), calendar)
         for _ in range(_poisson(rng, rate * weight * hours)):
@@ -327,6 +334,42 @@ def backfill_events(
     ]
 
 
+def history_records(
+    rng: random.Random,
+    people: list[Profile],
+    now_utc: datetime,
+    calendar: Calendar,
+    days: int,
+    *,
+    run: str = "sim",
+) -> list[tuple[bytes, bytes, int]]:
+    """The ``days`` local days before today of every active person, as ``(key, value,
+    timestamp_ms)`` records, oldest day first.
+
+    Each record holds one person's events of one day and is stamped a minute after its last
+    event, as if it had arrived then: the worker takes it as on time, and the closed days
+    give streaks, personal bests and last week's ranks something to work on.
+    """
+    records, seq = [], 0
+    for back in range(days, 0, -1):
+        stamped = []
+        for person in people:
+            if not person.active:
+                continue
+            local_now = local_time(person, now_utc)
+            day = datetime.combine(local_now.date() - timedelta(days=back), dtime(0),
+                                   local_now.tzinfo).astimezone(UTC)
+            stamped += [(moment, person) for moment in
+                        active_times(rng, person, day, day + timedelta(days=1), calendar)]
+        stamped.sort(key=lambda item: item[0])
+        events = []
+        for moment, person in stamped:
+            events.append(generate_event(rng, person, moment, seq, run=run))
+            seq += 1
+        records += group_records(events, stamp=True)
+    return records
+
+
 def pick_person(
     rng: random.Random, people: list[Profile], now_utc: datetime, calendar: Calendar
 ) -> Profile:
@@ -336,16 +379,22 @@ def pick_person(
     return rng.choices(active, weights=weights)[0]
 
 
-def group_records(events: list[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
-    """Backfill records: each user's events as JSON arrays of up to :data:`ARRAY_MAX`."""
+def group_records(
+    events: list[dict[str, Any]], stamp: bool = False
+) -> list[tuple[bytes, bytes, int | None]]:
+    """Backfill records: each user's events as JSON arrays of up to :data:`ARRAY_MAX`,
+    with ``stamp`` timed a minute after their last event (else the producer's time)."""
     by_user: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for event in events:
         by_user[event["user_id"]].append(event)
-    return [
-        (user_id.encode(), orjson.dumps(mine[i : i + ARRAY_MAX]))
-        for user_id, mine in by_user.items()
-        for i in range(0, len(mine), ARRAY_MAX)
-    ]
+    records = []
+    for user_id, mine in by_user.items():
+        for i in range(0, len(mine), ARRAY_MAX):
+            chunk = mine[i : i + ARRAY_MAX]
+            last = datetime.fromisoformat(chunk[-1]["occurred_at"]).timestamp()
+            timestamp = int((last + 60) * 1000) if stamp else None
+            records.append((user_id.encode(), orjson.dumps(chunk), timestamp))
+    return records
 
 
 class _Sender:
@@ -354,8 +403,9 @@ class _Sender:
     def __init__(self, producer: KafkaProducer, topic: str) -> None:
         self.producer, self.topic, self.failed = producer, topic, 0
 
-    def send(self, key: bytes, value: bytes) -> None:
-        self.producer.send(self.topic, key=key, value=value).add_errback(self._failed)
+    def send(self, key: bytes, value: bytes, timestamp_ms: int | None = None) -> None:
+        self.producer.send(self.topic, key=key, value=value,
+                           timestamp_ms=timestamp_ms).add_errback(self._failed)
 
     def _failed(self, exc: BaseException) -> None:
         if not self.failed:
@@ -386,11 +436,13 @@ def run_simulator(
     backfill: bool,
     seed: int,
     write_roster: bool,
+    history_days: int = 0,
 ) -> int:
     """Produce the simulated office day to ``crm.activities``; 0 when done or interrupted.
 
     ``rate`` is live events per second (``<= 0``: as fast as possible); ``count`` caps
-    the total including backfill. Returns 1 when the broker failed or rejected records.
+    the total including backfill (``history_days`` before today come on top). Returns 1
+    when the broker failed or rejected records.
     """
     office = build_office(seed)
     calendar = settings.pulse.calendar
@@ -409,11 +461,18 @@ def run_simulator(
         with _stop_on_signals(stop):
             if write_roster:
                 write_profiles(settings, office, producer=producer)
+            if history_days > 0 and not stop.is_set():
+                records = history_records(rng, office, datetime.now(UTC), calendar,
+                                          history_days, run=f"{run}-h")
+                for key, value, timestamp in records:
+                    sender.send(key, value, timestamp)
+                logger.info("simulator: backfilled %d records of the %d days before today",
+                            len(records), history_days)
             if backfill and not stop.is_set():
                 now = datetime.now(UTC)
                 events = backfill_events(rng, office, now, calendar, run=f"{run}-b")
                 events = events if count is None else events[:count]
-                for key, value in group_records(events):
+                for key, value, _ in group_records(events):
                     sender.send(key, value)
                 sent = len(events)
                 logger.info("simulator: backfilled %d events of today", sent)

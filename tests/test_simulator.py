@@ -25,6 +25,7 @@ from app.simulator import (
     build_office,
     generate_event,
     group_records,
+    history_records,
     pick_person,
     run_simulator,
 )
@@ -200,13 +201,14 @@ def test_group_records_keeps_each_users_events_in_arrays() -> None:
     events = [generate_event(rng, office[i % 3], BERLIN_AFTERNOON, i) for i in range(450)]
     records = group_records(events)
     total = 0
-    for key, value in records:
+    for key, value, timestamp in records:
+        assert timestamp is None  # today's backfill: the producer's time
         batch = orjson.loads(value)
         assert 1 <= len(batch) <= ARRAY_MAX
         assert {e["user_id"] for e in batch} == {key.decode()}
         total += len(batch)
     assert total == 450
-    assert sorted(e["event_id"] for _, v in records for e in orjson.loads(v)) == sorted(
+    assert sorted(e["event_id"] for _, v, _ in records for e in orjson.loads(v)) == sorted(
         e["event_id"] for e in events
     )
 
@@ -248,3 +250,43 @@ def test_backfill_counts_towards_count(make_settings) -> None:
     assert len(events) == 40
     now = datetime.now(UTC) + timedelta(seconds=1)
     assert all(datetime.fromisoformat(e["occurred_at"]) <= now for e in events)
+
+
+def test_history_records_hold_one_local_day_and_arrive_on_time() -> None:
+    office = build_office(3)
+    records = history_records(random.Random(3), office, BERLIN_AFTERNOON, CALENDAR, 9)
+    zones = {p.user_id: ZoneInfo(p.timezone or "UTC") for p in office}
+    days = set()
+    for key, value, timestamp in records:
+        events = orjson.loads(value)
+        tz = zones[key.decode()]
+        local = [datetime.fromisoformat(e["occurred_at"]).astimezone(tz) for e in events]
+        assert len({moment.date() for moment in local}) == 1  # one local day per record
+        today = BERLIN_AFTERNOON.astimezone(tz).date()
+        assert 1 <= (today - local[0].date()).days <= 9
+        assert timestamp == int((max(local).timestamp() + 60) * 1000)  # on time
+        days.add((today - local[0].date()).days)
+    assert days == set(range(1, 10))
+
+
+def test_history_gives_the_default_streak_rule_something_to_award() -> None:
+    """Someone hits the daily call target on 5 working days in a row (call_streak)."""
+    office = build_office(7)  # the seed crm-pulse dev uses
+    settings = Settings(_env_file=None)
+    targets = {role: spec.targets["calls"]["day"] for role, spec in settings.pulse.roles.items()
+               if "day" in spec.targets.get("calls", {})}
+    calls: Counter[tuple[str, date]] = Counter()
+    for _, value, _ in history_records(random.Random(7), office, BERLIN_AFTERNOON,
+                                       settings.pulse.calendar, 9):
+        for event in orjson.loads(value):
+            if event["type"] == "call":
+                calls[event["user_id"], date.fromisoformat(event["occurred_at"][:10])] += 1
+    working = sorted({day for _, day in calls if day.weekday() < 5})
+    best_run = 0
+    for person in office:
+        run = 0
+        for day in working:
+            hit = calls[person.user_id, day] >= targets.get(person.role or "", float("inf"))
+            run = run + 1 if hit else 0
+            best_run = max(best_run, run)
+    assert best_run >= 5
