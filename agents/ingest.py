@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -71,6 +72,17 @@ class BatchResult:
     applied: int = 0
     duplicates: int = 0
     replayed: int = 0
+    counted: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """Applied events by (type, source), for the metrics."""
+    features: Counter[str] = field(default_factory=Counter)
+    occurred: list[float] = field(default_factory=list)
+    """Event times of the applied events (latency)."""
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    def reject(self, record: Record, rejection: Rejection, index: int | None,
+               original: bytes, source: str = "unknown") -> None:
+        self.dead_letters.append(dead_letter(record, rejection, index, original, source))
+        self.rejected[rejection.reason] += 1
 
 
 def user_key(period_key: str, user_id: str) -> str:
@@ -159,7 +171,7 @@ class Ingestor:
             if len(elements) == 1 and len(record.value) > self.max_event_bytes:
                 raise Rejection("too_large", f"event exceeds {self.max_event_bytes} bytes")
         except Rejection as rejection:
-            result.dead_letters.append(dead_letter(record, rejection, None, record.value or b""))
+            result.reject(record, rejection, None, record.value or b"")
             return
         single = len(elements) == 1
         for index, element in enumerate(elements):
@@ -179,8 +191,8 @@ class Ingestor:
         """Send one element (or the whole single-event record) to the DLQ."""
         original = record.value if index is None else orjson.dumps(element)
         source = element.get("source") if isinstance(element, dict) else None
-        result.dead_letters.append(dead_letter(
-            record, rejection, index, original, source if isinstance(source, str) else "unknown"))
+        result.reject(record, rejection, index, original,
+                      source if isinstance(source, str) else "unknown")
 
     def _fold_event(self, record: Record, index: int, element: Any, batch: _Batch) -> None:
         event = validate_event(element)
@@ -247,6 +259,10 @@ class Ingestor:
                     self.kpis.apply(bucket, steps, event)
         if applied or not steps:
             batch.result.applied += 1
+            batch.result.counted[event["type"], event["source"]] += 1
+            batch.result.occurred.append(occurred)
+            if "feature" in event:
+                batch.result.features[event["feature"]] += 1
         else:
             batch.result.replayed += 1
 

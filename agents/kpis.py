@@ -42,6 +42,11 @@ class KpiFolder:
                 for event_type in kpi.source_types:
                     self._by_type.setdefault(event_type, []).append(step)
 
+    @property
+    def types(self) -> frozenset[str]:
+        """The event types some KPI counts by name."""
+        return frozenset(self._by_type)
+
     def steps_for(self, event_type: str) -> list[_Step]:
         steps = self._by_type.get(event_type)
         if not self._any_type:

@@ -144,6 +144,7 @@ def register_agents(pulse: Pulse) -> None:
     async def ingest(stream: Any) -> None:
         """Validate, dedup and fold activity records into the KPI table, batch by batch."""
         async for events in _batches(stream, settings.batch_max, settings.batch_within_s):
+            started = time.monotonic()
             records = [
                 Record(m.topic, m.partition, m.offset, _seconds(m.timestamp), e.key, e.value)
                 for e in events
@@ -177,6 +178,7 @@ def register_agents(pulse: Pulse) -> None:
             await _acknowledged(state)
             for event in events:  # only now may these offsets be committed
                 await stream.ack(event)
+            pulse.metrics.batch(result, time.monotonic() - started, time.time())
 
     @app.agent(pulse.groups, name="groups")
     async def group_updates(stream: Any) -> None:
@@ -250,6 +252,9 @@ def register_agents(pulse: Pulse) -> None:
             logger.warning("period review: broker did not acknowledge; retrying next tick",
                            exc_info=True)
             return
+        for review in reviews:
+            pulse.metrics.alerted(review.alerts)
+            pulse.metrics.awarded(review.awards)
         logger.info("period review: %d alert(s), %d award(s)",
                     sum(len(r.alerts) for r in reviews), sum(len(r.awards) for r in reviews))
 

@@ -128,6 +128,22 @@ class RosterRules(_Strict):
     strict: bool = Field(False, description="Reject events of users not in the roster.")
 
 
+class MetricsRules(_Strict):
+    """What ``/metrics`` shows about individual people (docs/metrics.md)."""
+
+    per_user: bool = Field(False, description="Export per-user KPI series.")
+    pseudonymous: bool = Field(True, description="Per-user series carry pseudonyms, not ids.")
+
+
+class PrivacyRules(_Strict):
+    """What the wall, the leaderboards and the feed show (recognition is public)."""
+
+    names: Literal["names", "pseudonyms"] = Field(
+        "names", description="Show people by display name, or by a stable pseudonym.")
+    min_group_size: int = Field(
+        3, ge=1, description="Teams and offices with fewer active members are not shown.")
+
+
 class AlertRules(_Strict):
     """Private pace warnings during a period (``at_risk``)."""
 
@@ -241,6 +257,8 @@ class PulseConfig(_Strict):
     retention: Retention = Retention()
     roster: RosterRules = RosterRules()
     alerts: AlertRules = AlertRules()
+    metrics: MetricsRules = MetricsRules()
+    privacy: PrivacyRules = PrivacyRules()
     type_aliases: dict[str, str] = Field(default_factory=dict)
     kpis: dict[Annotated[str, Field(pattern=_NAME)], KpiDef]
     roles: dict[str, RoleDef] = Field(default_factory=dict)

@@ -5,11 +5,12 @@ There is no module-level app: tests and the CLI call :func:`create_app`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 
+from app.metrics import PulseMetrics
 from app.settings import Settings
 from app.tables import PartitionedGlobalTable, PartitionedTable
 from app.transport import new_transport
@@ -37,6 +38,7 @@ class Pulse:
     kpi_table: PartitionedTable
     group_table: PartitionedTable
     roster_table: Any
+    metrics: PulseMetrics = field(init=False)
 
 
 def create_app(settings: Settings) -> Pulse:
@@ -89,6 +91,7 @@ def create_app(settings: Settings) -> Pulse:
     from agents.pipeline import register_agents
     from app.web import register_views
 
+    pulse.metrics = PulseMetrics(pulse)
     register_agents(pulse)
     register_views(pulse)
     return pulse

@@ -80,10 +80,13 @@ class Settings(BaseSettings):
         None, description="HTTP basic auth user set on the Pipedrive webhook.")
     pipedrive_password: SecretStr | None = Field(
         None, description="HTTP basic auth password set on the Pipedrive webhook.")
+    pseudonym_key: SecretStr | None = Field(
+        None, description="Key of the pseudonyms on walls and in metrics (unset: derived from "
+        "the app id, which anyone knowing it can reverse by trying user ids; set it).")
     log_level: str = Field("info", description="Worker log level.")
 
     @field_validator("generic_webhook_secret", "dynamics365_webhook_key", "salesforce_secret",
-                     "hubspot_client_secret", "pipedrive_password")
+                     "hubspot_client_secret", "pipedrive_password", "pseudonym_key")
     @classmethod
     def _no_empty_secret(cls, secret: SecretStr | None) -> SecretStr | None:
         if secret is not None and not secret.get_secret_value():
@@ -101,6 +104,12 @@ class Settings(BaseSettings):
                 value = value.get_secret_value()
             env[f"CRM_PULSE_{name.upper()}"] = str(value)
         return env
+
+    @property
+    def pseudonym_secret(self) -> bytes:
+        if self.pseudonym_key is not None:
+            return self.pseudonym_key.get_secret_value().encode()
+        return f"crm-pulse:{self.app_id}".encode()
 
     @property
     def web_url(self) -> str:

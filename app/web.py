@@ -70,6 +70,12 @@ def register_views(pulse: Pulse) -> None:
         """A CRM's webhook: 2xx only once the broker has every event and dead letter."""
 
         async def post(self, request: Request, vendor: str) -> Response:
+            response = await self.receive(request, vendor)
+            shown = vendor if vendor in vendors else "unknown"
+            pulse.metrics.webhooks.labels(shown, str(response.status)).inc()
+            return response
+
+        async def receive(self, request: Request, vendor: str) -> Response:
             adapter = vendors.get(vendor)
             if adapter is None:
                 return error(self, 404, "unknown_vendor",
@@ -92,7 +98,7 @@ def register_views(pulse: Pulse) -> None:
             except EdgeError as exc:  # authenticated, but not this vendor's format
                 refused = Routed(dead_letters=[edge_dead_letter(
                     vendor, body_digest(body), None, exc.reason, exc.message, body,
-                    received_at)])
+                    received_at)], reasons=[exc.reason])
                 failure = await deliver(self, refused)
                 if failure is not None:
                     return failure
@@ -116,6 +122,8 @@ def register_views(pulse: Pulse) -> None:
                              "the broker did not acknowledge; retry later")
             response.headers["Retry-After"] = "5"
             return response
+        for reason in routed.reasons:
+            pulse.metrics.dead_letters.labels(reason).inc()
         return None
 
     @app.page("/api/kpis/users/{user_id}")
@@ -211,6 +219,14 @@ def register_views(pulse: Pulse) -> None:
 
         async def get(self, request: Request) -> Response:
             return self.html(WALL_PAGE.read_text(encoding="utf-8"))
+
+    @app.page("/metrics")
+    class Metrics(View):
+        """Prometheus exposition of this worker (docs/metrics.md)."""
+
+        async def get(self, request: Request) -> Response:
+            return self.bytes(pulse.metrics.exposition(),
+                              content_type="text/plain; version=0.0.4")
 
     @app.page("/healthz")
     class Health(View):

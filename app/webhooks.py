@@ -68,6 +68,8 @@ class Routed:
 
     by_user: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    """The reason of each dead letter (metrics)."""
 
     @property
     def accepted(self) -> int:
@@ -90,6 +92,7 @@ def route(adapter: Adapter, parsed: Parsed, body: bytes, directory: OwnerDirecto
             rejects.append(Unmapped(exc.reason, exc.message, orjson.dumps(vendor_event.event)))
             continue
         routed.by_user.setdefault(event["user_id"], []).append(event)
+    routed.reasons = [reject.reason for reject in rejects]
     routed.dead_letters = [
         edge_dead_letter(adapter.vendor, digest, index, reject.reason, reject.message,
                          reject.original, received_at)
