@@ -179,6 +179,7 @@ def register_agents(pulse: Pulse) -> None:
             for event in events:  # only now may these offsets be committed
                 await stream.ack(event)
             pulse.metrics.batch(result, time.monotonic() - started, time.time())
+            pulse.serving.stage(result.writes, result.awards)
 
     @app.agent(pulse.groups, name="groups")
     async def group_updates(stream: Any) -> None:
@@ -255,8 +256,34 @@ def register_agents(pulse: Pulse) -> None:
         for review in reviews:
             pulse.metrics.alerted(review.alerts)
             pulse.metrics.awarded(review.awards)
+            pulse.serving.stage({}, review.awards)
         logger.info("period review: %d alert(s), %d award(s)",
                     sum(len(r.alerts) for r in reviews), sum(len(r.awards) for r in reviews))
+
+    @app.task
+    async def serve() -> None:
+        """Flush the serving layer to Redis (never blocks processing)."""
+        await pulse.serving.run()
+
+    served: set[int] = set()
+
+    @app.timer(interval=2.0, name="serving-resync")
+    async def resync_serving() -> None:
+        """Write the owned partitions to Redis in full after a rebalance or an outage."""
+        if app.rebalancing or not app.tables.recovery.completed.is_set():
+            return
+        owned = _active_partitions(pulse, pulse.activities)
+        if owned == served and not pulse.serving.needs_resync:
+            return
+        pulse.serving.needs_resync = False
+        served.clear()
+        served.update(owned)
+        today = datetime.now(UTC).date()
+        staged = pulse.serving.resync(
+            ((key, value) for key, value in list(kpi_table.data.items())
+             if isinstance(value, dict) and value.get("p") in owned), today)
+        logger.info("serving: %d buckets of partitions %s staged for Redis", staged,
+                    sorted(owned))
 
     @app.timer(interval=600.0, name="kpi-retention")
     async def drop_expired_state() -> None:

@@ -13,10 +13,12 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web as aiohttp_web
-from faust.web import Request
+from faust.web import Request, Response, View
 from pydantic import SecretStr
 
 SIGNATURE_HEADER = "X-CRM-Pulse-Signature"
@@ -33,6 +35,29 @@ class EdgeError(Exception):
         self.status = status
         self.reason = reason
         self.message = message
+
+
+def error_response(view: View, status: int, reason: str, message: str,
+                   **extra: Any) -> Response:
+    """The JSON error answer: ``{"error": <reason>, "message": <for people>}``."""
+    return view.json({"error": reason, "message": message, **extra}, status=status)
+
+
+def parse_period(request: Request, allowed: Sequence[str]) -> tuple[str, datetime]:
+    """``period`` (default ``day``) and ``at`` (default now) of a read request."""
+    kind = request.query.get("period", "day")
+    if kind not in allowed:
+        raise EdgeError(400, "bad_period", f"period must be one of {', '.join(allowed)}")
+    at_text = request.query.get("at")
+    if at_text is None:
+        return kind, datetime.now(UTC)
+    try:
+        at = datetime.fromisoformat(at_text)
+    except ValueError:
+        raise EdgeError(400, "bad_at", "at must be an ISO 8601 date-time") from None
+    if at.tzinfo is None:
+        raise EdgeError(400, "bad_at", "at needs an offset, e.g. Z or +01:00")
+    return kind, at
 
 
 async def read_body(request: Request, limit: int,

@@ -11,6 +11,7 @@ from typing import Any
 import faust
 
 from app.metrics import PulseMetrics
+from app.serving import ServingLayer
 from app.settings import Settings
 from app.tables import PartitionedGlobalTable, PartitionedTable
 from app.transport import new_transport
@@ -39,6 +40,7 @@ class Pulse:
     group_table: PartitionedTable
     roster_table: Any
     metrics: PulseMetrics = field(init=False)
+    serving: ServingLayer = field(init=False)
 
 
 def create_app(settings: Settings) -> Pulse:
@@ -92,6 +94,7 @@ def create_app(settings: Settings) -> Pulse:
     from app.web import register_views
 
     pulse.metrics = PulseMetrics(pulse)
+    pulse.serving = ServingLayer(settings, pulse.roster_table.get)
     register_agents(pulse)
     register_views(pulse)
     return pulse
