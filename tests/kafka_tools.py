@@ -38,9 +38,14 @@ def read_topic(settings: Settings, topic: str) -> list[Any]:
             tp = TopicPartition(topic, partition)
             consumer.assign([tp])
             consumer.seek_to_beginning(tp)
+            last = -1
             while consumer.position(tp) < end:
                 for batch in consumer.poll(timeout_ms=1000).values():
                     records.extend(batch)
+                    last = max([last, *(r.offset for r in batch)])
+            if last != end - 1:  # a short read would look like lost state
+                raise AssertionError(f"{topic}:{partition}: read up to offset {last}, "
+                                     f"log end {end}")
     finally:
         consumer.close()
     return records
