@@ -18,6 +18,8 @@ dev: venv
 
 test: venv
 	$(VENV)/bin/ruff check .
+	mkdir -p test-artifacts
+	$(VENV)/bin/pip-audit --progress-spinner off --skip-editable -f json -o test-artifacts/pip-audit.json
 	$(VENV)/bin/python -m pytest -q
 
 lint: venv

@@ -20,6 +20,7 @@ from agents.achievements import AchievementRules
 from agents.ingest import flags_key, team_key, user_key
 from agents.kpis import KpiFolder
 from agents.periods import Calendar, Period, zone
+from app.access import Access
 from app.directory import Directory, pseudonym
 from app.edge import EdgeError, error_response, parse_period
 from app.kpi_targets import team_targets, user_targets
@@ -32,7 +33,7 @@ Handler = Callable[..., Any]
 MAX_LIMIT = 100
 
 
-def register_api_views(pulse: Pulse) -> None:
+def register_api_views(pulse: Pulse, access: Access) -> None:
     app, settings = pulse.app, pulse.settings
     config = settings.pulse
     calendar = Calendar(config.calendar_periods, config.week_start)
@@ -75,21 +76,25 @@ def register_api_views(pulse: Pulse) -> None:
         except ServingUnavailable:
             return local, False
 
-    def with_errors(handler: Handler) -> Handler:
-        """Turn :class:`EdgeError` into its JSON error answer."""
-        async def guarded(view: View, request: Request, *args: Any, **kwargs: Any) -> Response:
-            try:
-                return await handler(view, request, *args, **kwargs)
-            except EdgeError as exc:
-                return error_response(view, exc.status, exc.reason, exc.message)
-            except ServingUnavailable:
-                return error_response(view, 503, "serving_unavailable",
-                                      "Redis does not answer; the figures come back with it")
-        return guarded
+    def guarded(personal: bool) -> Callable[[Handler], Handler]:
+        """Check access (personal figures need the API token), then answer; errors as JSON."""
+        def decorate(handler: Handler) -> Handler:
+            async def answer(view: View, request: Request, *args: Any, **kwargs: Any
+                             ) -> Response:
+                try:
+                    access.check(request, personal)
+                    return await handler(view, request, *args, **kwargs)
+                except EdgeError as exc:
+                    return error_response(view, exc.status, exc.reason, exc.message)
+                except ServingUnavailable:
+                    return error_response(view, 503, "serving_unavailable",
+                                          "Redis does not answer; the figures come back with it")
+            return answer
+        return decorate
 
     @app.page("/api/kpis/users/{user_id}")
     class UserKpis(View):
-        @with_errors
+        @guarded(personal=True)
         async def get(self, request: Request, user_id: str) -> Response:
             kind, at = parse_period(request, config.periods)
             profile = pulse.roster_table.get(user_id)
@@ -108,7 +113,7 @@ def register_api_views(pulse: Pulse) -> None:
     class UserProgress(View):
         """Progress toward each achievement and target in the current periods."""
 
-        @with_errors
+        @guarded(personal=True)
         async def get(self, request: Request, user_id: str) -> Response:
             profile = pulse.roster_table.get(user_id)
             flags = pulse.kpi_table.get(flags_key(user_id))
@@ -127,7 +132,7 @@ def register_api_views(pulse: Pulse) -> None:
 
     @app.page("/api/kpis/teams/{team_id}")
     class TeamKpis(View):
-        @with_errors
+        @guarded(personal=False)
         async def get(self, request: Request, team_id: str) -> Response:
             kind, at = parse_period(request, config.periods)
             period = calendar.period(kind, at, group_tz(team_id))
@@ -147,7 +152,7 @@ def register_api_views(pulse: Pulse) -> None:
     class OfficeKpis(View):
         """An office: the sum of its teams (each in its own timezone's period)."""
 
-        @with_errors
+        @guarded(personal=False)
         async def get(self, request: Request, office_id: str) -> Response:
             kind, at = parse_period(request, config.periods)
             groups = directory()
@@ -176,6 +181,7 @@ def register_api_views(pulse: Pulse) -> None:
     class Teams(View):
         """Teams known from the config and the roster, with their active member counts."""
 
+        @guarded(personal=False)
         async def get(self, request: Request) -> Response:
             groups = directory()
             return self.json({"teams": [{
@@ -190,7 +196,7 @@ def register_api_views(pulse: Pulse) -> None:
     class Leaderboard(View):
         """Top people of a KPI in the current (or ``at``) period, per team, office or all."""
 
-        @with_errors
+        @guarded(personal=False)
         async def get(self, request: Request) -> Response:
             kpi = request.query.get("kpi", "")
             if kpi not in config.kpis:
@@ -233,7 +239,7 @@ def register_api_views(pulse: Pulse) -> None:
     class Achievements(View):
         """The latest achievements, newest first (public recognition; names per privacy)."""
 
-        @with_errors
+        @guarded(personal=False)
         async def get(self, request: Request) -> Response:
             limit = request.query.get("limit", "20")
             if not (limit.isdigit() and 1 <= int(limit) <= MAX_LIMIT):

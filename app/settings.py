@@ -80,13 +80,24 @@ class Settings(BaseSettings):
         None, description="HTTP basic auth user set on the Pipedrive webhook.")
     pipedrive_password: SecretStr | None = Field(
         None, description="HTTP basic auth password set on the Pipedrive webhook.")
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token for the read API (all of it, personal figures "
+        "included). Unset, with no screen keys either: the read API and /wall are open.")
+    screen_keys: SecretStr | None = Field(
+        None, description="Comma-separated keys, one per TV screen: /wall?key=<key> and the "
+        "team/office/leaderboard/feed endpoints the wall reads (never personal figures).")
+    webhook_rate_per_s: float = Field(
+        50.0, gt=0, description="Sustained webhook deliveries per second per vendor and "
+        "client address (429 above).")
+    webhook_burst: int = Field(200, ge=1, description="Webhook deliveries allowed in a burst.")
     pseudonym_key: SecretStr | None = Field(
         None, description="Key of the pseudonyms on walls and in metrics (unset: derived from "
         "the app id, which anyone knowing it can reverse by trying user ids; set it).")
     log_level: str = Field("info", description="Worker log level.")
 
     @field_validator("generic_webhook_secret", "dynamics365_webhook_key", "salesforce_secret",
-                     "hubspot_client_secret", "pipedrive_password", "pseudonym_key")
+                     "hubspot_client_secret", "pipedrive_password", "pseudonym_key",
+                     "api_token", "screen_keys")
     @classmethod
     def _no_empty_secret(cls, secret: SecretStr | None) -> SecretStr | None:
         if secret is not None and not secret.get_secret_value():

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import orjson
 from faust.web import Request, Response, View
 
+from app.access import Access, RateLimiter
 from app.adapters import adapters
 from app.adapters.base import Counts, Delivery
 from app.api import register_api_views
@@ -27,7 +28,9 @@ WALL_PAGE = Path(__file__).parent / "static" / "wall.html"
 def register_views(pulse: Pulse) -> None:
     app, settings = pulse.app, pulse.settings
     config = settings.pulse
-    register_api_views(pulse)
+    access = Access(settings)
+    register_api_views(pulse, access)
+    limiter = RateLimiter(settings.webhook_rate_per_s, settings.webhook_burst)
 
     vendors = adapters(settings)
     owners = OwnerDirectory(lambda: list(pulse.roster_table.values()), vendors.values())
@@ -43,6 +46,11 @@ def register_views(pulse: Pulse) -> None:
             return response
 
         async def receive(self, request: Request, vendor: str) -> Response:
+            if not limiter.allow((vendor, request.remote or "")):
+                response = error_response(self, 429, "rate_limited", "too many deliveries "
+                                          "from this source; retry after a few seconds")
+                response.headers["Retry-After"] = "2"
+                return response
             adapter = vendors.get(vendor)
             if adapter is None:
                 return error_response(
@@ -100,6 +108,10 @@ def register_views(pulse: Pulse) -> None:
         """The built-in TV page (polls the API; team figures only)."""
 
         async def get(self, request: Request) -> Response:
+            try:
+                access.check(request, personal=False)
+            except EdgeError as exc:
+                return error_response(self, exc.status, exc.reason, exc.message)
             return self.html(WALL_PAGE.read_text(encoding="utf-8"))
 
     @app.page("/metrics")
