@@ -31,14 +31,18 @@ class Access:
         self.screen_keys = [key.strip().encode() for key in keys.split(",") if key.strip()]
         self.open = self.token is None and not self.screen_keys
 
-    def check(self, request: Request, personal: bool) -> None:
-        """Raise 401 unless ``request`` may read a personal (or else public) endpoint."""
+    def full(self, request: Request) -> bool:
+        """Whether ``request`` may read everything (open access, or the API token)."""
         if self.open:
-            return
+            return True
         authorization = request.headers.get("Authorization", "")
         bearer = authorization[7:].strip().encode() if authorization.startswith(
             "Bearer ") else b""
-        if self.token is not None and hmac.compare_digest(bearer, self.token):
+        return self.token is not None and hmac.compare_digest(bearer, self.token)
+
+    def check(self, request: Request, personal: bool) -> None:
+        """Raise 401 unless ``request`` may read a personal (or else public) endpoint."""
+        if self.full(request):
             return
         if personal:
             raise EdgeError(401, "unauthorized", "personal figures need the API token: "

@@ -5,7 +5,9 @@ spread over every partition: a worker owning them all answers from its tables, o
 from the Redis serving layer, which every worker writes (``"complete": false`` when neither
 can give the whole picture). Leaderboards and the feed come from Redis and follow the
 privacy settings (``privacy`` in the KPI model): opted-out and inactive people are never
-shown, small groups are refused, and names can be pseudonyms.
+shown, names can be pseudonyms, and the figures of teams and offices smaller than
+``privacy.min_group_size`` are refused unless the caller holds the API token (or access is
+open, as in local development).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from app.access import Access
 from app.directory import Directory, pseudonym
 from app.edge import EdgeError, error_response, parse_period
 from app.kpi_targets import team_targets, user_targets
-from app.serving import BOARD_PERIODS, ServingUnavailable
+from app.serving import BOARD_PERIODS, FEED_MAX, ServingUnavailable
 
 if TYPE_CHECKING:
     from app.faust_app import Pulse
@@ -44,9 +46,17 @@ def register_api_views(pulse: Pulse, access: Access) -> None:
     def kpi_body(values: dict[str, float], targets: dict[str, float]) -> dict[str, Any]:
         return {
             name: {"value": values[name], "target": targets.get(name),
-                   "title": config.kpis[name].title or name}
+                   "title": config.kpis[name].title or name, "kind": config.kpis[name].kind}
             for name in kpis.names
         }
+
+    def shown_group(request: Request | None, members: list[dict[str, Any]]) -> None:
+        """Small groups' figures would tell about individuals: API token holders only (never
+        on a leaderboard: ``request`` None)."""
+        trusted = request is not None and access.full(request)
+        if len(members) < config.privacy.min_group_size and not trusted:
+            raise EdgeError(403, "group_too_small", "fewer active members than "
+                            "privacy.min_group_size: not shown")
 
     def directory() -> Directory:
         return Directory.build(config, list(pulse.roster_table.values()))
@@ -140,6 +150,7 @@ def register_api_views(pulse: Pulse, access: Access) -> None:
             members = directory().members.get(team_id, [])
             if team_id not in config.teams and not members and not any(buckets):
                 raise EdgeError(404, "unknown_team", "no config, roster members or data")
+            shown_group(request, members)
             return self.json({
                 "team_id": team_id,
                 "members": len(members),
@@ -159,6 +170,7 @@ def register_api_views(pulse: Pulse, access: Access) -> None:
             teams = groups.offices().get(office_id)
             if not teams:
                 raise EdgeError(404, "unknown_office", "no team of the config or roster is in it")
+            shown_group(request, groups.office_members(office_id))
             buckets, complete, targets = [], True, {}
             for team_id in teams:
                 period = calendar.period(kind, at, group_tz(team_id))
@@ -184,12 +196,14 @@ def register_api_views(pulse: Pulse, access: Access) -> None:
         @guarded(personal=False)
         async def get(self, request: Request) -> Response:
             groups = directory()
-            return self.json({"teams": [{
+            least = config.privacy.min_group_size
+            return self.json({"min_group_size": least, "teams": [{
                 "team_id": team_id,
                 "name": (config.teams[team_id].name if team_id in config.teams else None)
                 or team_id,
                 "office_id": groups.office_of.get(team_id),
                 "members": len(groups.members[team_id]),
+                "public": len(groups.members[team_id]) >= least,
             } for team_id in groups.teams]})
 
     @app.page("/api/leaderboard")
@@ -216,9 +230,7 @@ def register_api_views(pulse: Pulse, access: Access) -> None:
             else:
                 raise EdgeError(404, "unknown_scope", "scope must be all, team:<id> or "
                                 "office:<id> of a known team or office")
-            if len(members) < config.privacy.min_group_size:
-                raise EdgeError(403, "group_too_small", "fewer members than "
-                                "privacy.min_group_size: not shown")
+            shown_group(None, members)
             period = calendar.period(kind, at, group_tz(team_id))
             rows = await pulse.serving.board(kpi, period.bucket_keys[0], scope,
                                              int(limit) * 3 + 10)
@@ -237,15 +249,18 @@ def register_api_views(pulse: Pulse, access: Access) -> None:
 
     @app.page("/api/achievements")
     class Achievements(View):
-        """The latest achievements, newest first (public recognition; names per privacy)."""
+        """The latest achievements, newest first (public recognition; names per privacy);
+        ``kind=first_use,streak`` keeps those kinds (from the last FEED_MAX awards)."""
 
         @guarded(personal=False)
         async def get(self, request: Request) -> Response:
             limit = request.query.get("limit", "20")
             if not (limit.isdigit() and 1 <= int(limit) <= MAX_LIMIT):
                 raise EdgeError(400, "bad_limit", f"limit must be 1..{MAX_LIMIT}")
+            kinds = {k for k in request.query.get("kind", "").split(",") if k}
+            feed = await pulse.serving.feed(FEED_MAX if kinds else int(limit))
             shown = []
-            for award in await pulse.serving.feed(int(limit)):
+            for award in [a for a in feed if not kinds or a["kind"] in kinds][:int(limit)]:
                 profile = pulse.roster_table.get(award["user_id"]) or {
                     "user_id": award["user_id"]}
                 name = shown_name(profile)

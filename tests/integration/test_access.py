@@ -72,7 +72,8 @@ BEARER = {"Authorization": f"Bearer {TOKEN}"}
     ("/api/teams", {"X-CRM-Pulse-Key": "guess"}, 401),
     ("/api/teams", {"X-CRM-Pulse-Key": OTHER_SCREEN}, 200),
     ("/api/teams", BEARER, 200),
-    ("/api/kpis/teams/north", {"X-CRM-Pulse-Key": SCREEN}, 200),
+    ("/api/kpis/teams/north", {"X-CRM-Pulse-Key": SCREEN}, 403),  # one member: too small
+    ("/api/kpis/teams/north", BEARER, 200),
     ("/wall", {}, 401),
     (f"/wall?key={SCREEN}", {}, 200),
     ("/healthz", {}, 200),
