@@ -30,6 +30,10 @@ WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _NAME = r"^[a-z][a-z0-9_]*$"
+_LONGEST_DURATION_S = 100 * 365 * 86400
+MAX_CONFIG_NESTING = 16
+MAX_CONFIG_BYTES = 256 * 1024  # a KPI model is a few KB; bigger is a mistake or an attack
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -37,17 +41,23 @@ def parse_duration(value: Any) -> timedelta:
     if isinstance(value, timedelta):
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return timedelta(seconds=value)
-    match = _DURATION.match(str(value))
-    if not match:
-        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 15m, 1h, 7d, 2w)")
-    return timedelta(seconds=float(match[1]) * _DURATION_UNITS[match[2]])
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 15m, 1h, 7d, 2w)")
+        seconds = float(match[1]) * _DURATION_UNITS[match[2]]
+    if not 0 <= seconds <= _LONGEST_DURATION_S:
+        raise ValueError(f"duration out of range: {value!r} (0 to 100 years)")
+    return timedelta(seconds=seconds)
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
-def _check_timezone(name: str) -> str:
+def _check_timezone(name: Any) -> str:
+    if not isinstance(name, str):
+        raise ValueError(f"a timezone is an IANA name like Europe/Berlin, not {name!r}")
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: 'America'
@@ -321,20 +331,35 @@ def load_config(path: Path | str) -> PulseConfig:
     """Load and validate a KPI model file; raise :class:`ConfigError` with line numbers."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError([f"{path}: over {MAX_CONFIG_BYTES // 1024} KiB; a KPI model is "
+                               "a few KB: is it the right file?"])
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8"]
+                          ) from exc
     return parse_config(text, str(path))
 
 
 def parse_config(text: str, origin: str = "<config>") -> PulseConfig:
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{origin}: over {MAX_CONFIG_BYTES // 1024} KiB; a KPI model is "
+                           "a few KB"])
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        _refuse_hostile_yaml(text, origin)
+        node = yaml.compose(text, Loader=_YAML_LOADER)
+        data = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 (a safe loader)
+    except ConfigError:
+        raise
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f"{mark.line + 1}" if mark else "?"
         raise ConfigError([f"{origin}:{line}: YAML syntax: {exc}"]) from exc
+    except (RecursionError, ValueError, OverflowError, TypeError) as exc:
+        # PyYAML's own limits and value constructors (2026-02-30, a 5000-digit integer)
+        raise ConfigError([f"{origin}: cannot read the YAML: {exc}"]) from None
     if not isinstance(data, dict):
         raise ConfigError([f"{origin}:1: the file must be a mapping with at least 'kpis'"])
     try:
@@ -348,6 +373,24 @@ def parse_config(text: str, origin: str = "<config>") -> PulseConfig:
             where = ".".join(loc) or "(top level)"
             problems.append(f"{origin}:{line}: {where}: {error['msg']}")
         raise ConfigError(problems) from exc
+
+
+def _refuse_hostile_yaml(text: str, origin: str) -> None:
+    """Refuse anchors and aliases (``&a``, ``*a``: a KPI model needs none, and nested
+    aliases are the "billion laughs" attack) and nesting deeper than any model needs."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_YAML_LOADER):
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise ConfigError([f"{origin}:{line}: YAML anchors and aliases (& and *) are "
+                               "not supported; write the values out"])
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_CONFIG_NESTING:
+                raise ConfigError([f"{origin}:{line}: nested deeper than "
+                                   f"{MAX_CONFIG_NESTING} levels"])
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
 
 
 def _line_index(node: yaml.Node | None, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:

@@ -63,7 +63,7 @@ def register_views(pulse: Pulse) -> None:
                     "(docs/webhooks/); CRM_PULSE_WEBHOOKS_UNSIGNED=true for local dev")
             try:
                 body = await read_body(request, settings.max_body_bytes, adapter.content_types)
-                delivery = Delivery(request.method, str(request.url), request.headers,
+                delivery = Delivery(request.method, _called_url(request), request.headers,
                                     request.query, body)
                 if adapter.configured():
                     adapter.authenticate(delivery, time.time())
@@ -139,6 +139,14 @@ def register_views(pulse: Pulse) -> None:
             body = {"status": status, "recovered": recovered,
                     "rebalancing": bool(app.rebalancing), "redis": pulse.serving.healthy}
             return self.json(body, status=200 if ready else 503)
+
+
+def _called_url(request: Request) -> str:
+    """The URL as the CRM called it (signatures cover it); 400 for a malformed Host."""
+    try:
+        return str(request.url)
+    except (ValueError, UnicodeError):
+        raise EdgeError(400, "bad_request", "malformed Host header") from None
 
 
 async def _send_all(pulse: Pulse, routed: Routed) -> None:

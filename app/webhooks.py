@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from app.adapters.base import Adapter, Parsed, Unmapped
-from schemas.activity import Rejection, validate_event
+from schemas.activity import Rejection, element_bytes, validate_event
 
 DeadLetter = tuple[bytes, bytes]
 
@@ -89,7 +89,8 @@ def route(adapter: Adapter, parsed: Parsed, body: bytes, directory: OwnerDirecto
             event.setdefault("source", adapter.vendor)
             validate_event(event)
         except Rejection as exc:
-            rejects.append(Unmapped(exc.reason, exc.message, orjson.dumps(vendor_event.event)))
+            rejects.append(Unmapped(exc.reason, exc.message,
+                                    element_bytes(vendor_event.event, body)))
             continue
         routed.by_user.setdefault(event["user_id"], []).append(event)
     routed.reasons = [reject.reason for reject in rejects]

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 ACTIONS = ("created", "updated", "completed", "deleted", "reassigned")
+MAX_NESTING = 32  # levels inside a field; orjson reads 1024 but writes only 254
 _IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _RFC3339 = re.compile(
@@ -145,6 +146,9 @@ def validate_event(event: Any) -> dict[str, Any]:
     absent = []
     for name, value in event.items():
         field = _BY_NAME.get(name)
+        if isinstance(value, (dict, list)) and _nested_deeper(value, MAX_NESTING):
+            reason = f"schema:{name}" if field is not None else "schema:event"
+            raise Rejection(reason, f"{name} nests deeper than {MAX_NESTING} levels")
         if field is None:
             continue
         if value is None:
@@ -157,6 +161,28 @@ def validate_event(event: Any) -> dict[str, Any]:
     event.setdefault("action", "created")
     event.setdefault("source", "generic")
     return event
+
+
+def _nested_deeper(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return False
+
+
+def element_bytes(element: Any, whole: bytes) -> bytes:
+    """One element as JSON for the DLQ, or ``whole`` (its record or body) when it cannot be
+    re-encoded (nested deeper than orjson writes)."""
+    try:
+        return orjson.dumps(element)
+    except TypeError:
+        return whole
 
 
 def decode_events(raw: bytes) -> list[Any]:

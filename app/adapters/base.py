@@ -133,9 +133,13 @@ def iso_from_millis(millis: int | float) -> str:
 
 def same_secret(given: str | bytes, expected: str | bytes) -> bool:
     """Constant-time comparison of two secrets or signatures."""
-    given_bytes = given.encode() if isinstance(given, str) else given
+    try:
+        given_bytes = given.encode() if isinstance(given, str) else given
+    except UnicodeEncodeError:  # a header with undecodable bytes: never a secret of ours
+        return False
     expected_bytes = expected.encode() if isinstance(expected, str) else expected
     return hmac.compare_digest(given_bytes, expected_bytes)
+
 
 
 def hmac_sha256(secret: str, message: bytes) -> bytes:

@@ -49,6 +49,7 @@ from app.adapters.base import (
     same_secret,
 )
 from app.edge import EdgeError
+from schemas.activity import element_bytes
 
 V3_HEADER = "X-HubSpot-Signature-v3"
 TIMESTAMP_HEADER = "X-HubSpot-Request-Timestamp"
@@ -162,7 +163,8 @@ class HubSpotAdapter(Adapter):
             try:
                 event = _map(element)
             except Unmappable as exc:
-                parsed.unmapped.append(Unmapped(exc.reason, exc.message, orjson.dumps(element)))
+                parsed.unmapped.append(Unmapped(exc.reason, exc.message,
+                                                element_bytes(element, delivery.body)))
                 continue
             if event is None:
                 parsed.ignored += 1

@@ -135,7 +135,8 @@ class PipedriveAdapter(Adapter):
                 parsed.ignored = 1
                 return parsed
             if not isinstance(action, str) or action not in ACTIONS:
-                raise Rejection("unmappable", f"unknown webhook action {str(action)[:40]!r}")
+                shown = repr(action[:40]) if isinstance(action, str) else "(not a string)"
+                raise Rejection("unmappable", f"unknown webhook action {shown}")
             change = _read_change(body, meta, v2, entity, ACTIONS[action])
             parsed.events.extend(_map(change))
         except Rejection as exc:

@@ -61,7 +61,7 @@ from app.adapters.base import (
     same_secret,
 )
 from app.edge import EdgeError, verify_generic_signature
-from schemas.activity import Rejection
+from schemas.activity import Rejection, element_bytes
 
 SOURCE = "salesforce"
 XML_TYPES = ("text/xml", "application/soap+xml", "application/xml")
@@ -515,9 +515,4 @@ class SalesforceAdapter(Adapter):
 
 def _json_original(body: bytes) -> Callable[[Any], bytes]:
     """One array element as JSON (the whole body when it nests too deep to re-encode)."""
-    def original(element: Any) -> bytes:
-        try:
-            return orjson.dumps(element)
-        except orjson.JSONEncodeError:
-            return body
-    return original
+    return lambda element: element_bytes(element, body)
