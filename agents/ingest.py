@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from aiokafka.partitioner import murmur2
@@ -30,7 +30,13 @@ from agents.achievements import AchievementRules, Award
 from agents.kpis import KpiFolder, new_bucket
 from agents.periods import Calendar, zone
 from app.config import PulseConfig
-from schemas.activity import Rejection, decode_events, normalise_type, validate_event
+from schemas.activity import (
+    Rejection,
+    decode_events,
+    element_bytes,
+    normalise_type,
+    validate_event,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +46,9 @@ _DAY = 86_400
 _EARLIEST_TIMESTAMP, _LATEST_TIMESTAMP = 946_684_800.0, 4_102_444_800.0  # 2000..2100
 
 
-@dataclass(frozen=True)
-class Record:
-    """The parts of a consumed Kafka record that ingest needs."""
+class Record(NamedTuple):
+    """The parts of a consumed Kafka record that ingest needs (a tuple: one is made per
+    consumed record, and a frozen dataclass costs several times as much to build)."""
 
     topic: str
     partition: int
@@ -66,6 +72,9 @@ class BatchResult:
     """Table writes (key -> new value), DLQ records and re-keyed forwards of one batch."""
 
     writes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    changed: dict[str, frozenset[str] | None] = field(default_factory=dict)
+    """Per written user bucket, the KPIs the batch may have changed (``None``: all, the
+    bucket is new); for the serving layer, which then rewrites only those."""
     dead_letters: list[tuple[bytes, bytes]] = field(default_factory=list)
     forwards: list[tuple[bytes, bytes, float]] = field(default_factory=list)
     awards: list[Award] = field(default_factory=list)
@@ -148,6 +157,42 @@ class Ingestor:
         self.grace = config.grace.total_seconds()
         self.horizon_days = max(1, int(config.dedup_horizon.total_seconds() // _DAY))
         self.aliases = {k.lower(): v for k, v in config.type_aliases.items()}
+        self._partitions: dict[bytes, int] = {}
+        self._goals: dict[tuple[str, str | None, str], list[Any]] = {}
+        self._kpis_of_type: dict[str, frozenset[str]] = {}
+
+    def _partition_of(self, key: bytes) -> int:
+        """:func:`partition_of`, remembered (murmur2 is pure Python in aiokafka)."""
+        partition = self._partitions.get(key)
+        if partition is None:
+            if len(self._partitions) > 200_000:
+                self._partitions.clear()
+            partition = self._partitions[key] = partition_of(key, self.partitions)
+        return partition
+
+    def _step_kpis(self, event_type: str, steps: Sequence[Any]) -> frozenset[str]:
+        """The KPIs the steps of an event type may change (remembered per type)."""
+        kpis = self._kpis_of_type.get(event_type)
+        if kpis is None:
+            if len(self._kpis_of_type) > 10_000:
+                self._kpis_of_type.clear()
+            kpis = self._kpis_of_type[event_type] = frozenset(step.kpi for step in steps)
+        return kpis
+
+    def _goals_for(self, period_key: str, role: str | None, event_type: str,
+                   steps: Sequence[Any]) -> list[Any]:
+        """The rules watching this bucket kind for this person whose KPI an event of this
+        type can change (the others cannot cross their goal: before == after)."""
+        prefix = period_key.split(":", 1)[0]
+        goals = self._goals.get((prefix, role, event_type))
+        if goals is None:
+            touched = {step.kpi for step in steps}
+            goals = [goal for goal in self.rules.watches(period_key, role)
+                     if goal[0].rule.kpi in touched]
+            if len(self._goals) > 10_000:
+                self._goals.clear()
+            self._goals[prefix, role, event_type] = goals
+        return goals
 
     def fold(self, records: Sequence[Record],
              read: Callable[[str], dict[str, Any] | None]) -> BatchResult:
@@ -155,6 +200,9 @@ class Ingestor:
         for record in records:
             self._fold_record(record, batch)
         batch.result.writes = {key: batch.values[key][1] for key in batch.dirty}
+        batch.result.changed = {
+            key: None if batch.stored.get(key) is None else frozenset(kpis)
+            for key, kpis in batch.touched.items()}
         return batch.result
 
     def _fold_record(self, record: Record, batch: _Batch) -> None:
@@ -189,7 +237,7 @@ class Ingestor:
     def _park(record: Record, index: int | None, element: Any, rejection: Rejection,
               result: BatchResult) -> None:
         """Send one element (or the whole single-event record) to the DLQ."""
-        original = record.value if index is None else orjson.dumps(element)
+        original = record.value if index is None else element_bytes(element, record.value)
         source = element.get("source") if isinstance(element, dict) else None
         result.reject(record, rejection, index, original,
                       source if isinstance(source, str) else "unknown")
@@ -202,8 +250,8 @@ class Ingestor:
             raise Rejection("too_large", f"event exceeds {self.max_event_bytes} bytes")
         user_id = event["user_id"]
         user_key_bytes = user_id.encode()
-        if record.key != user_key_bytes or record.partition != partition_of(
-            user_key_bytes, self.partitions
+        if record.key != user_key_bytes or record.partition != self._partition_of(
+            user_key_bytes
         ):
             # Not where its user's state lives: re-send it keyed by the user. A replay of
             # this record sends it again; the copies are deduplicated by event_id.
@@ -232,15 +280,21 @@ class Ingestor:
         team_id = event.get("team_id") or (profile.team_id if profile else None)
         role = profile.role if profile else None
         applied = False
+        event_type = event["type"]
         for period_key in keys:
             key = user_key(period_key, user_id)
-            goals = self.rules.watches(period_key, role)
-            before = [self.rules.value(batch.get(key), w.rule.kpi) for w, _ in goals]
+            goals = self._goals_for(period_key, role, event_type, steps)
+            before = [self.rules.value(batch.get(key), w.rule.kpi) for w, _ in goals] if (
+                goals) else ()
             bucket = batch.claim(key, record, _new_bucket)
             if bucket is None:
                 continue
             applied = True
             self.kpis.apply(bucket, steps, event)
+            touched = batch.touched.get(key)
+            if touched is None:
+                touched = batch.touched[key] = set()
+            touched.update(self._step_kpis(event_type, steps))
             if goals:
                 batch.result.awards.extend(self.rules.crossed(
                     goals, before, bucket, period_key, user_id, team_id, event["occurred_at"]))
@@ -274,10 +328,14 @@ class Ingestor:
         later offset may carry an earlier timestamp.
         """
         arrival_day = int(record.timestamp // _DAY)
+        get = batch.get
+        shard = digest[0]
         for day in range(arrival_day - self.horizon_days, arrival_day + 2):
-            seen = batch.get(seen_key(day, digest, user_id))
-            if seen is not None and digest in seen["ids"]:
-                return int(seen["ids"][digest])
+            seen = get(f"s|{day}|{shard}|{user_id}")  # seen_key(day, digest, user_id)
+            if seen is not None:
+                position = seen["ids"].get(digest)
+                if position is not None:
+                    return int(position)
         return None
 
     @staticmethod
@@ -292,29 +350,49 @@ class Ingestor:
         batch.dirty.add(key)
 
 
+_UNREAD: Any = object()
+
+
 class _Batch:
-    """Copy-on-write overlay of table values for one batch.
+    """The table values one batch reads and changes.
 
     ``values[key] = (stored_offset, value)``: the offset stored before this batch decides
-    replays, so the events of one record (same offset) all apply.
+    replays, so the events of one record (same offset) all apply. ``stored`` caches every
+    table read of the batch, misses included (most dedup lookups are misses).
+
+    Stored values are copied before they change (:func:`_copy`): the table's own values
+    stay as they were until the batch is written back.
     """
 
     def __init__(self, read: Callable[[str], dict[str, Any] | None]) -> None:
         self.read = read
         self.values: dict[str, tuple[int, dict[str, Any]]] = {}
+        self.stored: dict[str, dict[str, Any] | None] = {}
         self.dirty: set[str] = set()
+        self.touched: dict[str, set[str]] = {}
         self.result = BatchResult()
+
+    def _stored(self, key: str) -> dict[str, Any] | None:
+        value = self.stored.get(key, _UNREAD)
+        if value is _UNREAD:
+            value = self.stored[key] = self.read(key)
+        return value
 
     def get(self, key: str) -> dict[str, Any] | None:
         entry = self.values.get(key)
-        return entry[1] if entry is not None else self.read(key)
+        if entry is not None:
+            return entry[1]
+        value = self.stored.get(key, _UNREAD)
+        if value is _UNREAD:
+            value = self.stored[key] = self.read(key)
+        return value
 
     def mutable(self, key: str) -> dict[str, Any] | None:
         """A private copy of the value to change (``None`` if there is none yet)."""
         entry = self.values.get(key)
         if entry is not None:
             return entry[1]
-        stored = self.read(key)
+        stored = self._stored(key)
         if stored is None:
             return None
         copy = _copy(stored)
@@ -329,7 +407,7 @@ class _Batch:
         """
         entry = self.values.get(key)
         if entry is None:
-            stored = self.read(key)
+            stored = self._stored(key)
             entry = (-1, initial(record.partition)) if stored is None else (
                 stored["o"], _copy(stored))
             self.values[key] = entry

@@ -13,8 +13,30 @@ import faust
 from app.metrics import PulseMetrics
 from app.serving import ServingLayer
 from app.settings import Settings
-from app.tables import PartitionedGlobalTable, PartitionedTable
+from app.tables import PartitionedGlobalTable, PartitionedTable, lazy_reader
 from app.transport import new_transport
+
+
+class RawSchema(faust.Schema):
+    """Keys and values as the bytes the broker holds, like ``key_serializer="raw"`` and
+    ``value_serializer="raw"`` give, without the trip through the serializer registry
+    (codec lookup, ``want_bytes``, model autodetection) that Faust's conductor makes for
+    every record: a sixth of a worker's time on single-event records. The decode function
+    is the public extension point ``Schema.compile``; ``tests/app/test_transport.py``
+    checks that it yields the events Faust's own raw decoding yields.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(key_serializer="raw", value_serializer="raw")
+
+    def compile(self, app: Any, *, on_key_decode_error: Any = None,
+                on_value_decode_error: Any = None, default_propagate: bool = False) -> Any:
+        create_event = app.create_event
+
+        async def decode(message: Any, *, propagate: bool = default_propagate) -> Any:
+            return create_event(message.key, message.value, message.headers, message)
+
+        return decode
 
 
 class PulseApp(faust.App):
@@ -66,12 +88,18 @@ def create_app(settings: Settings) -> Pulse:
         broker_heartbeat_interval=settings.session_timeout_s / 6,
         broker_commit_interval=1.0,
         broker_max_poll_records=settings.batch_max,
-        stream_buffer_maxsize=max(4096, settings.batch_max * 2),
+        # The ingest takes its batches straight from this buffer (agents/pipeline.py), so one
+        # batch's worth is enough; records, not events: arrays make it large in bytes.
+        stream_buffer_maxsize=max(4096, settings.batch_max),
+        consumer_max_fetch_size=4 * 1024**2,  # per partition and fetch (default 1 MiB)
         producer_linger_ms=2,
+        # Changelog writes go out as whole batches (app/tables.py, create_batch): 256 KiB
+        # holds about a thousand table values, well under Kafka's default 1 MB message limit.
+        producer_max_batch_size=256 * 1024,
         table_cleanup_interval=3600,
     )
     topics = settings.topics
-    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    raw = {"schema": RawSchema()}
     pulse = Pulse(
         settings=settings,
         app=app,
@@ -94,7 +122,7 @@ def create_app(settings: Settings) -> Pulse:
     from app.web import register_views
 
     pulse.metrics = PulseMetrics(pulse)
-    pulse.serving = ServingLayer(settings, pulse.roster_table.get)
+    pulse.serving = ServingLayer(settings, lazy_reader(pulse.roster_table))
     register_agents(pulse)
     register_views(pulse)
     return pulse

@@ -109,8 +109,16 @@ class ServingLayer:
     # -- writing -------------------------------------------------------------------------
 
     def stage(self, writes: dict[str, dict[str, Any]], awards: Iterable[Award] = (),
-              now: float | None = None) -> None:
-        """Queue the serving copies of a batch's table writes and awards."""
+              now: float | None = None,
+              changed: dict[str, frozenset[str] | None] | None = None) -> None:
+        """Queue the serving copies of a batch's table writes and awards.
+
+        ``changed`` (optional) maps a written user bucket to the KPIs the batch may have
+        changed (``None``: all of them, e.g. a new bucket); only those scores are staged
+        (and ratios of them): the others are in Redis already (after an outage or a
+        rebalance :meth:`resync` writes everything again). Without it, or for a key it
+        does not name, every KPI is staged.
+        """
         staged = self._staged
         for key, value in writes.items():
             kind, period_key, rest = key.split("|", 2)
@@ -119,7 +127,8 @@ class ServingLayer:
                 continue
             expiry = int(KEEP[period].total_seconds())
             if kind == "u":
-                self._stage_scores(rest, period_key, value, expiry)
+                self._stage_scores(rest, period_key, value, expiry,
+                                   changed.get(key) if changed is not None else None)
             elif kind == "t":
                 partition, team_id = rest.split("|", 1)
                 snapshot = self.team_snapshot_key(team_id, period_key)
@@ -136,12 +145,17 @@ class ServingLayer:
         self._wake.set()
 
     def _stage_scores(self, user_id: str, period_key: str, bucket: dict[str, Any],
-                      expiry: int) -> None:
+                      expiry: int, only: frozenset[str] | None = None) -> None:
         member = self.profile(user_id) or {}
         scopes = ["all"] + [f"{scope}:{member[f'{scope}_id']}" for scope in ("team", "office")
                             if member.get(f"{scope}_id")]
         staged = self._staged
-        for kpi, value in self.kpis.read([bucket]).items():
+        values = self.kpis.read([bucket])
+        if only is not None:
+            ratios = self.kpis.ratios
+            values = {kpi: value for kpi, value in values.items() if kpi in only or (
+                kpi in ratios and not only.isdisjoint(ratios[kpi]))}
+        for kpi, value in values.items():
             for scope in scopes:
                 board = self.board_key(kpi, period_key, scope)
                 staged.scores[board, user_id] = value
@@ -189,8 +203,11 @@ class ServingLayer:
             await self.redis.ping()
             return
         pipe = self.redis.pipeline(transaction=False)
+        boards: dict[str, dict[str, float]] = {}
         for (board, member), score in staged.scores.items():
-            pipe.zadd(board, {member: score})
+            boards.setdefault(board, {})[member] = score
+        for board, scores in boards.items():  # one ZADD per board, not per member
+            pipe.zadd(board, scores)
         for (snapshot, partition), data in staged.snapshots.items():
             pipe.hset(snapshot, partition, data)
         for key, seconds in staged.expiries.items():

@@ -14,12 +14,15 @@ Two gaps in faust-streaming 0.15.3 that exactness depends on:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
 import faust
+import orjson
+from aiokafka.partitioner import murmur2
+from faust.stores.memory import Store as MemoryStore
 
 _partition: ContextVar[int | None] = ContextVar("crm_pulse_changelog_partition", default=None)
 _pending: ContextVar[list[Any] | None] = ContextVar("crm_pulse_pending_sends", default=None)
@@ -70,3 +73,132 @@ class PartitionedTable(_ExplicitChangelog, faust.Table):
 class PartitionedGlobalTable(_ExplicitChangelog, faust.GlobalTable):
     """``faust.GlobalTable`` with explicit changelog partitions (installed as
     ``GlobalTable``): each worker writes its partitions' keys, every worker reads all."""
+
+
+# -- the batch path: direct store reads and batched changelog writes ---------------------------
+#
+# The ingest reads thousands of keys and writes thousands of values per batch. Through
+# ``table.get`` a read costs a ``Mapping.get`` → ``__getitem__`` → sensor → ``__missing__``
+# chain (most dedup lookups miss), and through ``table[key] = value`` a write costs a
+# ``FutureMessage``, a trip through Faust's ``ProducerBuffer`` task and one
+# ``AIOKafkaProducer.send`` each. For the in-memory store (``store="memory://"``, the only
+# one this app uses) the same effect is had with the store's own dict and one aiokafka
+# ``send_batch`` per changelog partition and batch; the records are the ones Faust would
+# write (JSON key and value, ``value["p"]`` as partition), so recovery reads them as before.
+# Pinned to faust-streaming 0.15.3 (``tests/app/test_tables.py`` guards the internals).
+
+
+def store_dict(table: Any) -> dict[Any, Any] | None:
+    """The memory store's dict behind ``table`` (``None`` for any other store)."""
+    store = table.data
+    data = getattr(store, "data", None)
+    if isinstance(store, MemoryStore) and isinstance(data, dict):
+        return data
+    return None
+
+
+def reader(table: Any) -> Callable[[Any], Any]:
+    """``key -> value or None`` of ``table``, without Faust's per-read bookkeeping."""
+    data = store_dict(table)
+    return table.get if data is None else data.get
+
+
+def lazy_reader(table: Any) -> Callable[[Any], Any]:
+    """:func:`reader`, resolved at the first call (a table's store exists once it is used)."""
+    read: Callable[[Any], Any] | None = None
+
+    def get(key: Any) -> Any:
+        nonlocal read
+        if read is None:
+            read = reader(table)
+        return read(key)
+
+    return get
+
+
+async def write_values(table: Any, producer: Any,
+                       writes: Mapping[str, dict[str, Any]]) -> list[Any]:
+    """Set each key and send its changelog record to partition ``value["p"]``; the send
+    futures to await (deletes: :func:`delete_values`).
+
+    Every value is set in memory before the first await, so no other task sees half a batch.
+    Table values must carry their changelog partition as ``p``.
+    """
+    data = store_dict(table)
+    if data is None:  # not the memory store: Faust's own path
+        with collecting_sends() as pending:
+            for key, value in writes.items():
+                with changelog_partition(value["p"]):
+                    table[key] = value
+        return pending
+    encoded: dict[int, list[tuple[bytes, bytes]]] = {}
+    dumps = orjson.dumps
+    for key, value in writes.items():
+        data[key] = value
+        encoded.setdefault(value["p"], []).append((dumps(key), dumps(value)))
+    return await _send_batches(table, producer, encoded)
+
+
+async def delete_values(table: Any, producer: Any, doomed: Iterable[tuple[str, int]]) -> list[Any]:
+    """Delete each ``(key, changelog partition)``: a tombstone each; the send futures."""
+    data = store_dict(table)
+    if data is None:
+        with collecting_sends() as pending:
+            for key, partition in doomed:
+                with changelog_partition(partition):
+                    table.pop(key, None)
+        return pending
+    encoded: dict[int, list[tuple[bytes, bytes | None]]] = {}
+    for key, partition in doomed:
+        data.pop(key, None)
+        encoded.setdefault(partition, []).append((orjson.dumps(key), None))
+    return await _send_batches(table, producer, encoded)
+
+
+async def _send_batches(table: Any, producer: Any,
+                        encoded: Mapping[int, list[tuple[bytes, bytes | None]]]) -> list[Any]:
+    client = producer._ensure_producer()  # the started aiokafka producer
+    topic = table.changelog_topic.get_topic_name()
+    futures = []
+    for partition, records in encoded.items():
+        futures += await _send_partition(client, topic, partition,
+                                         [(key, value, None) for key, value in records])
+    return futures
+
+
+async def send_records(producer: Any, topic: str,
+                       records: Iterable[tuple[bytes, bytes, float | None]]) -> list[Any]:
+    """Send ``(key, value, timestamp seconds or None)`` records to ``topic``, each to the
+    partition Kafka's default partitioner gives its key (murmur2, as Faust's ``send`` and
+    every producer of ours do), in whole batches; the send futures to await.
+
+    For the ingest's outputs (awards, DLQ, forwards, group feed): through Faust's
+    ``send_soon`` each record waited its turn in the ``ProducerBuffer`` task, which on a
+    busy worker took hundreds of milliseconds per batch of outputs.
+    """
+    client = producer._ensure_producer()
+    partitions = sorted(await client.partitions_for(topic))
+    by_partition: dict[int, list[tuple[bytes, bytes, int | None]]] = {}
+    for key, value, timestamp in records:
+        partition = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+        by_partition.setdefault(partition, []).append(
+            (key, value, None if timestamp is None else int(timestamp * 1000)))
+    futures = []
+    for partition, batch in by_partition.items():
+        futures += await _send_partition(client, topic, partition, batch)
+    return futures
+
+
+async def _send_partition(client: Any, topic: str, partition: int,
+                          records: list[tuple[bytes, bytes | None, int | None]]) -> list[Any]:
+    futures = []
+    batch = client.create_batch()
+    for key, value, timestamp in records:
+        if batch.append(key=key, value=value, timestamp=timestamp) is None:
+            futures.append(await client.send_batch(batch, topic, partition=partition))
+            batch = client.create_batch()
+            if batch.append(key=key, value=value, timestamp=timestamp) is None:
+                raise ValueError(f"a record of {len(value or b'')} bytes does not fit into "
+                                 "a producer batch")
+    futures.append(await client.send_batch(batch, topic, partition=partition))
+    return futures

@@ -38,10 +38,12 @@ from app.bench.report import build_report
 from app.bench.worker import WorkerRun, cpu_seconds, peak_rss_mb, read_state, wait_all_committed
 from app.embedded import (
     EmbeddedBroker,
+    EmbeddedRedis,
     ManagedProcess,
     free_port,
     settings_with,
     start_broker,
+    start_redis,
     start_worker,
     wait_ready,
 )
@@ -129,12 +131,12 @@ def _latency_phase(topic: _Topic, worker: ManagedProcess, options: BenchOptions,
 
 
 def _measure(options: BenchOptions, settings: Settings, workdir: Path, kafka: str,
-             children: Children) -> dict[str, Any]:
-    """Everything after the broker is up; returns the report."""
+             redis: str, children: Children) -> dict[str, Any]:
+    """Everything after the broker (and Redis) are up; returns the report."""
     config = settings.pulse
     tz = ZoneInfo(config.timezone)
     run = uuid4().hex[:8]
-    base = settings_with(settings, kafka=kafka, partitions=options.partitions,
+    base = settings_with(settings, kafka=kafka, redis=redis, partitions=options.partitions,
                          topic_prefix=f"bench-{run}-", app_id=f"crm-pulse-bench-{run}",
                          session_timeout_s=6)
     now = datetime.now(tz)
@@ -196,18 +198,27 @@ def run_bench(settings: Settings, options: BenchOptions) -> int:
     report: dict[str, Any] | None = None
     try:
         with Children() as children:
-            kafka = options.kafka
+            kafka, redis = options.kafka, settings.redis
             if not kafka:
-                say("starting the embedded broker (tansu, in memory) ...")
+                # The workers' serving layer writes to Redis after every batch: a private
+                # redis-server, like the broker, so that whatever listens on the default
+                # port (a dev stack, or nothing) does not change the figures.
+                say("starting the embedded broker (tansu, in memory) and redis-server ...")
                 brokers: list[EmbeddedBroker] = []
+                servers: list[EmbeddedRedis] = []
 
                 def start() -> ManagedProcess:
                     brokers.append(start_broker(workdir))
                     return brokers[0].process
 
+                def start_cache() -> ManagedProcess:
+                    servers.append(start_redis(workdir / "redis"))
+                    return servers[0].process
+
                 children.start(start)
-                kafka = brokers[0].url
-            report = _measure(options, settings, workdir, kafka, children)
+                children.start(start_cache)
+                kafka, redis = brokers[0].url, servers[0].url
+            report = _measure(options, settings, workdir, kafka, redis, children)
     except KeyboardInterrupt as stop:
         say(f"interrupted ({stop or 'SIGINT'}); everything the bench started is stopped")
         return 130

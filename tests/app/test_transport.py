@@ -1,24 +1,127 @@
-"""The log-end workaround for tansu's ListOffsets, and the Faust internals it relies on."""
+"""The transport and table workarounds (log ends on tansu, fetch wait, batched writes)
+and the Faust and aiokafka internals they rely on."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 
+import aiokafka
 import faust
+import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from faust.stores.memory import Store as MemoryStore
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from app.faust_app import create_app
 from app.kafka import bootstrap_servers, ensure_topics
-from app.transport import fetched_highwaters
+from app.settings import Settings
+from app.tables import delete_values, reader, store_dict, write_values
+from app.transport import FETCH_MAX_WAIT_MS, fetched_highwaters
 
 
 def test_pinned_faust_still_has_the_overridden_hooks() -> None:
     assert faust.__version__ == "0.15.3", "re-check app/transport.py and app/tables.py"
+    assert aiokafka.__version__ == "0.14.0", "re-check app/transport.py and app/tables.py"
     hook = faust_aiokafka.AIOKafkaConsumerThread._highwaters
     assert list(inspect.signature(hook).parameters) == ["self", "partitions"]
+    create = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
+    assert list(inspect.signature(create).parameters) == ["self", "transport"]
+    # The fetch wait is set on the constructed consumer; start() must still pass it on.
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(
+        AIOKafkaConsumer.start)
+    assert "fetch_max_wait_ms=1500" in inspect.getsource(create)
+    assert 0 < FETCH_MAX_WAIT_MS < 1500
+
+
+def test_changelog_records_are_the_ones_faust_writes() -> None:
+    """app/tables.py writes orjson bytes; Faust's own path and its recovery agree."""
+    pulse = create_app(Settings(kafka="kafka://127.0.0.1:1"))
+    table = pulse.kpi_table
+    topic = table.changelog_topic
+    key = "u|d:2026-11-23|bob"
+    value = {"p": 2, "o": 5, "n": {"calls": 1, "won": 2.5}, "s": {"features_used": ["x"]}}
+    assert topic.prepare_key(key, None, None)[0] == orjson.dumps(key)
+    assert topic.prepare_value(value, None, None)[0] == orjson.dumps(value)
+    registry = pulse.app.serializers
+    assert registry.loads_key(topic.key_type, orjson.dumps(key),
+                              serializer=topic.key_serializer) == key
+    assert registry.loads_value(topic.value_type, orjson.dumps(value),
+                                serializer=topic.value_serializer) == value
+    # The memory store is a dict the reader and writer use directly.
+    assert isinstance(table.data, MemoryStore)
+    data = store_dict(table)
+    assert isinstance(data, dict)
+    data[key] = value
+    assert reader(table)(key) is value and table.get(key) is value
+    assert reader(table)("missing") is None
+    assert callable(pulse.app.producer._ensure_producer)
+    assert callable(AIOKafkaProducer.create_batch) and callable(AIOKafkaProducer.send_batch)
+
+
+class _Producer:
+    """The one method of Faust's aiokafka ``Producer`` that app/tables.py uses."""
+
+    def __init__(self, client: AIOKafkaProducer) -> None:
+        self.client = client
+
+    def _ensure_producer(self) -> AIOKafkaProducer:
+        return self.client
+
+
+@pytest.mark.integration
+def test_batched_changelog_writes_land_on_their_partitions(make_settings) -> None:
+    settings = make_settings(partitions=2)
+    ensure_topics(settings)
+    pulse = create_app(settings)
+    table = pulse.kpi_table
+    name = table.changelog_topic.get_topic_name()
+    bootstrap = bootstrap_servers(settings.kafka)
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(name, 2, 1)])
+    finally:
+        admin.close()
+    big = "x" * 2000  # several producer batches per partition
+    writes = {f"u|d:2026-11-23|user{i}": {"p": i % 2, "o": i, "n": {"calls": i}, "s": {},
+                                          "pad": big} for i in range(400)}
+
+    async def scenario() -> dict[int, list[tuple[object, object]]]:
+        client = AIOKafkaProducer(bootstrap_servers=bootstrap, max_batch_size=64 * 1024)
+        await client.start()
+        try:
+            await asyncio.gather(*await write_values(table, _Producer(client), writes))
+            await asyncio.gather(*await delete_values(
+                table, _Producer(client), [("u|d:2026-11-23|user3", 1)]))
+        finally:
+            await client.stop()
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                    auto_offset_reset="earliest", fetch_max_wait_ms=100)
+        await consumer.start()
+        got: dict[int, list[tuple[object, object]]] = {0: [], 1: []}
+        try:
+            consumer.assign([TopicPartition(name, 0), TopicPartition(name, 1)])
+            while sum(map(len, got.values())) < len(writes) + 1:
+                for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
+                    got[tp.partition] += [
+                        (orjson.loads(r.key), None if r.value is None else orjson.loads(r.value))
+                        for r in records]
+        finally:
+            await consumer.stop()
+        return got
+
+    got = asyncio.run(asyncio.wait_for(scenario(), 60))
+    for partition, records in got.items():
+        written = [(k, v) for k, v in writes.items() if v["p"] == partition]
+        tombstones = [("u|d:2026-11-23|user3", None)] if partition == 1 else []
+        assert records == written + tombstones  # in write order, each on its partition
+    data = store_dict(table)
+    assert data is not None and "u|d:2026-11-23|user3" not in data
+    assert data["u|d:2026-11-23|user4"] is writes["u|d:2026-11-23|user4"]
 
 
 @pytest.mark.integration
@@ -40,3 +143,64 @@ def test_highwater_counts_every_record_of_a_batch(make_settings) -> None:
         return await fetched_highwaters(bootstrap, {TP(topic, 0): 0})
 
     assert asyncio.run(scenario()) == {TP(topic, 0): 10}
+
+
+def test_raw_schema_decodes_like_fausts_raw_serializers() -> None:
+    from faust.types import Message
+
+    from app.faust_app import RawSchema
+
+    pulse = create_app(Settings(kafka="kafka://127.0.0.1:1"))
+    app = pulse.app
+    assert isinstance(pulse.activities.schema, RawSchema)
+    faust_raw = faust.Schema(key_serializer="raw", value_serializer="raw")
+    ours, theirs = RawSchema().compile(app), faust_raw.compile(app)
+    for key, value in ((b"alice", b'{"a": 1}'), (None, b"[]"), (b"bob", None), (b"", b"")):
+        message = Message("t", 0, 7, 1.0, 0, [("h", b"1")], key, value, None)
+
+        async def both(message: Message = message) -> tuple[object, object]:
+            return await ours(message), await theirs(message)
+
+        mine, reference = asyncio.run(both())
+        assert (mine.key, mine.value, mine.headers, mine.message) == (
+            reference.key, reference.value, reference.headers, reference.message)
+
+
+@pytest.mark.integration
+def test_sent_records_land_where_the_default_partitioner_puts_their_keys(make_settings) -> None:
+    from agents.ingest import partition_of
+    from app.tables import send_records
+
+    settings = make_settings(partitions=4)
+    ensure_topics(settings)
+    bootstrap = bootstrap_servers(settings.kafka)
+    topic = settings.topics.achievements
+    records = [(f"user-{i}".encode(), f"v{i}".encode(), 1795435200.5 if i % 2 else None)
+               for i in range(40)]
+
+    async def scenario() -> list[tuple[int, bytes, bytes, int]]:
+        client = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await client.start()
+        try:
+            await asyncio.gather(*await send_records(_Producer(client), topic, records))
+        finally:
+            await client.stop()
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                    auto_offset_reset="earliest", fetch_max_wait_ms=100)
+        await consumer.start()
+        got: list[tuple[int, bytes, bytes, int]] = []
+        try:
+            consumer.assign([TopicPartition(topic, p) for p in range(4)])
+            while len(got) < len(records):
+                for tp, batch in (await consumer.getmany(timeout_ms=1000)).items():
+                    got += [(tp.partition, r.key, r.value, r.timestamp) for r in batch]
+        finally:
+            await consumer.stop()
+        return got
+
+    got = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert sorted((k, v) for _, k, v, _ in got) == sorted((k, v) for k, v, _ in records)
+    for partition, key, _, timestamp in got:
+        assert partition == partition_of(key, 4)
+        if int(key.split(b"-")[1]) % 2:
+            assert timestamp == 1795435200500
