@@ -68,8 +68,8 @@ def all_committed(settings: Settings) -> bool:
     return all(done.get(p, 0) >= end for p, end in ends.items() if end)
 
 
-def table_state(settings: Settings) -> dict[str, dict[str, Any]]:
-    """The KPI table as its changelog says (last value per key), without bookkeeping."""
+def changelog_state(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The KPI table as its changelog says: the last value of every key (tombstones drop)."""
     state: dict[str, dict[str, Any]] = {}
     for record in read_topic(settings, f"{settings.app_id}-kpi-changelog"):
         key = orjson.loads(record.key)
@@ -77,7 +77,13 @@ def table_state(settings: Settings) -> dict[str, dict[str, Any]]:
             state.pop(key, None)
         else:
             state[key] = orjson.loads(record.value)
-    return {key: _content(key, value) for key, value in state.items() if not key.startswith("s|")}
+    return state
+
+
+def table_state(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The KPI table as its changelog says (last value per key), without bookkeeping."""
+    return {key: _content(key, value) for key, value in changelog_state(settings).items()
+            if not key.startswith("s|")}
 
 
 def _content(key: str, value: dict[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 from kafka import KafkaProducer
-from kafka_tools import committed, end_offsets, read_topic
+from kafka_tools import changelog_state, committed, end_offsets, read_topic
 
 from app.embedded import ManagedProcess, start_worker, wait_until
 from app.kafka import ensure_topics, make_producer
@@ -265,18 +265,6 @@ def kpi_mismatches(state: dict[str, dict[str, Any]], truth: Truth, kpi: str,
     return problems
 
 
-def kpi_state(settings: Settings) -> dict[str, dict[str, Any]]:
-    """The KPI table as its changelog says: the last value of every key (tombstones drop)."""
-    state: dict[str, dict[str, Any]] = {}
-    for record in read_topic(settings, f"{settings.app_id}-kpi-changelog"):
-        key = orjson.loads(record.key)
-        if record.value is None:
-            state.pop(key, None)
-        else:
-            state[key] = orjson.loads(record.value)
-    return state
-
-
 def contents(state: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """User/team buckets and first-use flags without bookkeeping (watermark, partition),
     for comparing two runs over the same input."""
@@ -327,7 +315,7 @@ class Kit:
     Stream = Stream
     Truth = Truth
     day_end = staticmethod(day_end)
-    kpi_state = staticmethod(kpi_state)
+    kpi_state = staticmethod(changelog_state)
     contents = staticmethod(contents)
     kpi_mismatches = staticmethod(kpi_mismatches)
     remembered_ids = staticmethod(remembered_ids)
