@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
+from factories import event
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from app.kafka import bootstrap_servers, log_end_offsets, make_producer, send_all
@@ -16,6 +19,25 @@ def produce(settings: Settings, records: list[tuple[bytes | None, bytes]],
     producer = make_producer(settings)
     try:
         send_all(producer, topic or settings.topics.activities, records)
+    finally:
+        producer.close()
+
+
+def produce_past_calls(settings: Settings, calls: dict[str, dict[int, int]], tz: ZoneInfo,
+                       today: date) -> None:
+    """``calls[user][days back]`` calls from 10:00 local on that day, each record stamped by
+    the broker as of its own time (a minute later): on time, as a replay of the CRM is."""
+    producer = make_producer(settings)
+    try:
+        for user, days in calls.items():
+            for back, count in days.items():
+                start = datetime.combine(today + timedelta(days=back), time(10), tz)
+                for i in range(count):
+                    moment = start + timedelta(minutes=i)
+                    value = orjson.dumps(event(user, occurred_at=moment.isoformat()))
+                    producer.send(settings.topics.activities, key=user.encode(), value=value,
+                                  timestamp_ms=int((moment.timestamp() + 60) * 1000))
+        producer.flush(30)
     finally:
         producer.close()
 

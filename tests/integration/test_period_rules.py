@@ -9,7 +9,7 @@ streak, and today is a working day, so the test means the same on any date.
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -17,12 +17,11 @@ from zoneinfo import ZoneInfo
 import jsonschema
 import orjson
 import pytest
-from factories import event
-from kafka_tools import read_topic
+from kafka_tools import produce_past_calls, read_topic
 
 from app.config import WEEKDAYS
 from app.embedded import wait_until
-from app.kafka import ensure_topics, make_producer
+from app.kafka import ensure_topics
 from app.roster import Profile, write_profiles
 from schemas.files import achievements_schema, alerts_schema
 
@@ -74,22 +73,6 @@ CALLS = {
 REVIEWED = (-9, -8, -7, -5, -2, -1)  # working days closed within catch_up (10 days)
 
 
-def produce_history(settings: Any, tz: ZoneInfo, today: date) -> None:
-    producer = make_producer(settings)
-    try:
-        for user, days in CALLS.items():
-            for back, calls in days.items():
-                start = datetime.combine(today + timedelta(days=back), time(10), tz)
-                for i in range(calls):
-                    moment = start + timedelta(minutes=i)
-                    value = orjson.dumps(event(user, occurred_at=moment.isoformat()))
-                    producer.send(settings.topics.activities, key=user.encode(), value=value,
-                                  timestamp_ms=int((moment.timestamp() + 60) * 1000))
-        producer.flush(30)
-    finally:
-        producer.close()
-
-
 def expected_awards(today: date) -> set[tuple[str, str, str, float]]:
     """(rule, user, period, value), from the rules' definitions over CALLS."""
     def key(back: int) -> str:
@@ -118,7 +101,7 @@ def test_streaks_bests_ranks_and_pace_alerts_once_across_a_sigkill(
     write_profiles(settings, [
         Profile(user_id=user, team_id="t", role="rep", leaderboard_opt_out=user == "optout")
         for user in CALLS])
-    produce_history(settings, tz, today)
+    produce_past_calls(settings, CALLS, tz, today)
 
     def values(topic: str) -> list[dict[str, Any]]:
         return [orjson.loads(r.value) for r in read_topic(settings, topic)]

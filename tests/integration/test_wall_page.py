@@ -23,8 +23,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
-from datetime import time as clock
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -33,10 +32,10 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 from factories import event
-from kafka_tools import produce
+from kafka_tools import produce, produce_past_calls
 
 from app.embedded import wait_until
-from app.kafka import ensure_topics, make_producer
+from app.kafka import ensure_topics
 from app.roster import Profile, write_profiles
 from app.settings import Settings
 
@@ -258,23 +257,6 @@ def shown(value: float) -> str:
     return f"{int(rounded):,}" if rounded == int(rounded) else f"{rounded:,.1f}"
 
 
-def produce_history(settings: Settings, tz: ZoneInfo, today: date) -> None:
-    """Earlier days' calls, each stamped by the broker as of its own day (on time)."""
-    producer = make_producer(settings)
-    try:
-        for user, days in HISTORY.items():
-            for back, calls in days.items():
-                start = datetime.combine(today + timedelta(days=back), clock(10), tz)
-                for i in range(calls):
-                    moment = start + timedelta(minutes=i)
-                    value = orjson.dumps(event(user, occurred_at=moment.isoformat()))
-                    producer.send(settings.topics.activities, key=user.encode(), value=value,
-                                  timestamp_ms=int((moment.timestamp() + 60) * 1000))
-        producer.flush(30)
-    finally:
-        producer.close()
-
-
 def settled(read: Callable[[], Any], quiet_s: float) -> Callable[[], bool]:
     """A predicate that holds once ``read()`` gave the same answer for ``quiet_s``."""
     last: dict[str, Any] = {}
@@ -299,7 +281,7 @@ def test_wall_panels_show_the_api_figures(make_settings, worker_factory, tmp_pat
     settings = make_settings(config=config, close_interval_s=1, session_timeout_s=6)
     ensure_topics(settings)
     write_profiles(settings, ROSTER)
-    produce_history(settings, tz, datetime.now(tz).date())
+    produce_past_calls(settings, HISTORY, tz, datetime.now(tz).date())
     now = datetime.now(UTC).isoformat()
     produce(settings, [
         (user.encode(), orjson.dumps(event(user, kind, occurred_at=now,
