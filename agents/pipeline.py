@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from agents.group_view import GroupFeed, apply_updates, group_id
 from agents.ingest import Ingestor, Record, UserInfo, partition_of
 from agents.period_close import PeriodCloser
+from agents.read_clock import ReadClock
 from agents.retention import expired_keys
 from agents.team_rules import TeamRules
 from app.roster import parse_profile
@@ -120,6 +121,21 @@ def _crash_without_commit() -> None:
     os._exit(70)
 
 
+def _read_times(pulse: Pulse, topic: Any, clock: ReadClock,
+                now: datetime) -> dict[int, datetime]:
+    """The read time of each owned partition of ``topic`` that has one (agents/read_clock)."""
+    name, consumer = topic.get_topic_name(), pulse.app.consumer
+    owned = [tp for tp in pulse.app.assignor.assigned_actives() if tp.topic == name]
+    clock.keep({tp.partition for tp in owned})
+    times = {}
+    for tp in owned:  # faust has no public accessor of the committed offset
+        at = clock.tick(tp.partition, consumer.highwater(tp),
+                        consumer._committed_offset.get(tp), now)
+        if at is not None:
+            times[tp.partition] = at
+    return times
+
+
 def _active_partitions(pulse: Pulse, topic: Any) -> set[int]:
     """The partitions of ``topic`` this worker owns (the state of their keys is here)."""
     name = topic.get_topic_name()
@@ -159,6 +175,7 @@ def register_agents(pulse: Pulse) -> None:
     ingestor = Ingestor(settings.pulse, settings.max_event_bytes, settings.partitions,
                         roster_lookup)
     group_feed = GroupFeed(settings.pulse)
+    users_read, groups_read = ReadClock(), ReadClock()
 
     @app.agent(pulse.roster_topic, name="roster-sync")
     async def roster_sync(stream: Any) -> None:
@@ -222,6 +239,7 @@ def register_agents(pulse: Pulse) -> None:
             await _acknowledged(state)
             for event in events:  # only now may these offsets be committed
                 await stream.ack(event)
+                users_read.processed(event.message.partition, event.message.offset)
             pulse.metrics.batch(result, time.monotonic() - started, time.time())
             pulse.serving.stage(result.writes, result.awards, changed=result.changed)
 
@@ -242,18 +260,23 @@ def register_agents(pulse: Pulse) -> None:
             await _acknowledged(state)
             for event in events:
                 await stream.ack(event)
+                groups_read.processed(event.message.partition, event.message.offset)
 
     closer = PeriodCloser(settings.pulse)
     team_rules = TeamRules(settings.pulse, settings.partitions)
 
     @app.timer(interval=settings.close_interval_s, name="period-close")
     async def close_periods() -> None:
-        """Closed periods (below target, streaks, bests, ranks), pace, team goals; once each."""
+        """Closed periods (below target, streaks, bests, ranks), pace, team goals; once each.
+
+        Each partition is reviewed as of its read time, not the wall clock, so a period is
+        never closed while records that count for it wait in the consumer's backlog.
+        """
         if app.rebalancing or not app.tables.recovery.completed.is_set():
             return
-        users_home = _active_partitions(pulse, pulse.activities)
-        groups_home = _active_partitions(pulse, pulse.groups)
         now = datetime.now(UTC)
+        users_home = _read_times(pulse, pulse.activities, users_read, now)
+        groups_home = _read_times(pulse, pulse.groups, groups_read, now)
         user_reviews, group_reviews = [], []
         groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for profile in list(roster_table.values()):
@@ -265,16 +288,19 @@ def register_agents(pulse: Pulse) -> None:
                     groups.setdefault((scope, profile[f"{scope}_id"]), []).append(profile)
             partition = partition_of(user_id.encode(), settings.partitions)
             if partition in users_home:
-                user_reviews.append(closer.review(profile, partition, now, kpi_table.get))
+                user_reviews.append(closer.review(profile, partition, users_home[partition],
+                                                  kpi_table.get))
         for (scope, group), members in groups.items() if team_rules.rules else ():
             partition = partition_of(group_id(scope, group).encode(), settings.partitions)
             if partition not in groups_home:
                 continue
             if scope == "team":
-                group_reviews.append(team_rules.review(group, members, partition, now,
+                group_reviews.append(team_rules.review(group, members, partition,
+                                                       groups_home[partition],
                                                        group_table.get))
             else:
-                group_reviews.append(team_rules.rank(group, scope, members, partition, now,
+                group_reviews.append(team_rules.rank(group, scope, members, partition,
+                                                     groups_home[partition],
                                                      group_table.get))
         reviews = user_reviews + group_reviews
         if not any(review.writes for review in reviews):

@@ -6,7 +6,10 @@ staged after each batch (:meth:`ServingLayer.stage`), coalesced per key, and flu
 pipelines by :meth:`ServingLayer.run`, off the processing path: while Redis is down the
 worker goes on, the newest value per key waits, ``healthy`` is false (``/readyz`` says
 degraded), and when Redis is back the worker's partitions are written again in full
-(:meth:`ServingLayer.resync`), so Redis can always be rebuilt from the tables.
+(:meth:`ServingLayer.resync`), so Redis can always be rebuilt from the tables. With nothing
+to write, a heartbeat every ``HEARTBEAT_S`` notices an outage all the same, and every
+round trip compares Redis's ``run_id``: a server restarted (empty) between two writes is
+rewritten too, with the worker's last ``FEED_MAX`` awards for the feed.
 
 Keys (``<prefix>`` = topic prefix + ``cp:``), see docs/metrics.md:
 
@@ -19,7 +22,9 @@ Keys (``<prefix>`` = topic prefix + ``cp:``), see docs/metrics.md:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -42,6 +47,7 @@ FEED_MAX = 500
 FEED_ID_TTL_S = 7 * 86_400
 MAX_PENDING = 200_000
 RETRY_S = (0.5, 1, 2, 5)
+HEARTBEAT_S = 1.0
 # One XADD per achievement_id: a replayed award (same id) is not shown twice.
 _FEED_ONCE = """
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[3]) then
@@ -88,7 +94,8 @@ class ServingLayer:
         self.needs_resync = True
         self._staged = _Staged()
         self._wake = asyncio.Event()
-        self._feed_script: Any = None
+        self._recent_awards: deque[tuple[str, bytes]] = deque(maxlen=FEED_MAX)
+        self._server_id: str | None = None
 
     @property
     def pending(self) -> int:
@@ -137,7 +144,9 @@ class ServingLayer:
                 staged.expiries[snapshot] = expiry
         emitted_at = now if now is not None else datetime.now(UTC).timestamp()
         for award in awards:
-            staged.feed.append((award.achievement_id, award.record(emitted_at)[1]))
+            entry = (award.achievement_id, award.record(emitted_at)[1])
+            staged.feed.append(entry)
+            self._recent_awards.append(entry)
         if len(staged) > MAX_PENDING:  # Redis has been away long: rewrite all when back
             logger.warning("serving: %d writes waiting for Redis; dropped, will resync",
                            len(staged))
@@ -162,7 +171,8 @@ class ServingLayer:
                 staged.expiries[board] = expiry
 
     def resync(self, items: Iterable[tuple[str, dict[str, Any]]], today: date) -> int:
-        """Stage every recent user and team bucket of ``items`` (the owned partitions)."""
+        """Stage every recent user and team bucket of ``items`` (the owned partitions) and
+        this worker's recent awards (the feed adds each ``achievement_id`` once)."""
         recent = {}
         for key, value in items:
             kind, period_key = key.split("|", 2)[:2]
@@ -171,6 +181,7 @@ class ServingLayer:
                 continue
             if (today - Calendar.key_start(period_key)) <= KEEP[period]:
                 recent[key] = value
+        self._staged.feed.extend(self._recent_awards)
         self.stage(recent)
         return len(recent)
 
@@ -178,7 +189,8 @@ class ServingLayer:
         """Flush staged writes for ever; on failure keep them and retry."""
         failures = 0
         while True:
-            await self._wake.wait()
+            with contextlib.suppress(TimeoutError):  # no news: a heartbeat round trip
+                await asyncio.wait_for(self._wake.wait(), HEARTBEAT_S)
             self._wake.clear()
             staged, self._staged = self._staged, _Staged()
             try:
@@ -199,9 +211,6 @@ class ServingLayer:
             self.healthy, failures = True, 0
 
     async def _flush(self, staged: _Staged) -> None:
-        if not len(staged):
-            await self.redis.ping()
-            return
         pipe = self.redis.pipeline(transaction=False)
         boards: dict[str, dict[str, float]] = {}
         for (board, member), score in staged.scores.items():
@@ -215,7 +224,12 @@ class ServingLayer:
         for achievement_id, record in staged.feed:
             pipe.eval(_FEED_ONCE, 2, f"{self.prefix}feed:id:{achievement_id}", self.feed_key,
                       record, FEED_MAX, FEED_ID_TTL_S)
-        await pipe.execute()
+        pipe.info("server")
+        server_id = (await pipe.execute())[-1]["run_id"]
+        if self._server_id not in (None, server_id):
+            logger.info("serving: Redis was restarted; rewriting the owned partitions")
+            self.needs_resync = True
+        self._server_id = server_id
 
     # -- reading -------------------------------------------------------------------------
 
@@ -233,7 +247,9 @@ class ServingLayer:
             entries = await self.redis.xrevrange(self.feed_key, count=count)
         except (RedisError, OSError) as exc:
             raise ServingUnavailable(str(exc)) from None
-        return [orjson.loads(fields[b"achievement"]) for _, fields in entries]
+        awards = [orjson.loads(fields[b"achievement"]) for _, fields in entries]
+        # After a rebuild the stream holds each worker's awards in turn: newest first.
+        return sorted(awards, key=lambda award: award["emitted_at"], reverse=True)
 
     async def team_buckets(self, team_id: str,
                            period_keys: Iterable[str]) -> list[dict[str, Any]]:
