@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from aiokafka.partitioner import murmur2
 
 from agents.achievements import AchievementRules, Award
 from agents.kpis import KpiFolder, new_bucket
+from agents.ledger import REASONS, record_key
+from agents.ledger import SOURCE as LEDGER_SOURCE
 from agents.periods import Calendar, zone
 from app.config import PulseConfig
 from schemas.activity import (
@@ -77,6 +80,8 @@ class BatchResult:
     bucket is new); for the serving layer, which then rewrites only those."""
     dead_letters: list[tuple[bytes, bytes]] = field(default_factory=list)
     forwards: list[tuple[bytes, bytes, float]] = field(default_factory=list)
+    records: list[tuple[bytes, bytes]] = field(default_factory=list)
+    """Events naming a CRM record, for the ledger (``crm.records``, keyed by record)."""
     awards: list[Award] = field(default_factory=list)
     applied: int = 0
     duplicates: int = 0
@@ -87,6 +92,8 @@ class BatchResult:
     occurred: list[float] = field(default_factory=list)
     """Event times of the applied events (latency)."""
     rejected: Counter[str] = field(default_factory=Counter)
+    corrected: Counter[str] = field(default_factory=Counter)
+    """Applied ledger corrections by reason."""
 
     def reject(self, record: Record, rejection: Rejection, index: int | None,
                original: bytes, source: str = "unknown") -> None:
@@ -104,6 +111,11 @@ def team_key(period_key: str, partition: int, team_id: str) -> str:
 
 def flags_key(user_id: str) -> str:
     return f"f||{user_id}"
+
+
+def statement_key(day_key: str, hour: int, user_id: str) -> str:
+    """Statement lines of one person's day (``d:`` key), one value per UTC hour."""
+    return f"e|{day_key}|{hour}|{user_id}"
 
 
 def seen_key(arrival_day: int, digest: str, user_id: str) -> str:
@@ -157,6 +169,10 @@ class Ingestor:
         self.grace = config.grace.total_seconds()
         self.horizon_days = max(1, int(config.dedup_horizon.total_seconds() // _DAY))
         self.aliases = {k.lower(): v for k, v in config.type_aliases.items()}
+        self.ledger = config.ledger.enabled
+        self.statements = config.ledger.statements and "day" in config.periods
+        self.value_fields = self.kpis.value_fields
+        self.correctable = config.retention.day.total_seconds()
         self._partitions: dict[bytes, int] = {}
         self._goals: dict[tuple[str, str | None, str], list[Any]] = {}
         self._kpis_of_type: dict[str, frozenset[str]] = {}
@@ -266,17 +282,32 @@ class Ingestor:
             occurred, zone((profile and profile.timezone) or self.default_tz))
         if occurred > record.timestamp + _DAY:
             raise Rejection("schema:occurred_at", "occurred_at is more than a day in the future")
+        correction = event.get("correction")
+        if correction is not None:
+            _check_correction(event, correction)
         digest = event_digest(event["event_id"])
         position = record.offset * MAX_EVENTS_PER_RECORD + index
         first_seen = self._first_seen(record, user_id, digest, batch)
-        if first_seen is not None and first_seen != position:
+        if (first_seen is not None and first_seen != position) or (
+                correction is not None and self._corrected_before(event, keys, occurred,
+                                                                  position, batch)):
             batch.result.duplicates += 1
             return
-        if record.timestamp > day_end + self.grace:
+        steps = self.kpis.steps_for(event["type"])
+        contributes = correction is not None or self.kpis.contributes(steps, event["action"])
+        late = record.timestamp > day_end + self.grace
+        if correction is not None:
+            if record.timestamp - occurred > self.correctable:
+                raise Rejection("late", "a correction of a day past retention.day")
+        elif late and contributes:
             raise Rejection("late", "arrived after its day ended plus the grace period")
         if first_seen is None:
             self._remember(record, user_id, digest, position, batch)
-        steps = self.kpis.steps_for(event["type"])
+        if self.ledger and correction is None:
+            self._to_ledger(event, contributes, batch.result)
+        if late and correction is None:  # a record change that counts nothing: ledger only
+            batch.result.applied += 1
+            return
         team_id = event.get("team_id") or (profile.team_id if profile else None)
         role = profile.role if profile else None
         applied = False
@@ -290,7 +321,11 @@ class Ingestor:
             if bucket is None:
                 continue
             applied = True
-            self.kpis.apply(bucket, steps, event)
+            if correction is None:
+                self.kpis.apply(bucket, steps, event)
+            else:
+                self.kpis.correct(bucket, steps, event["action"], correction["count"],
+                                  correction["sums"])
             touched = batch.touched.get(key)
             if touched is None:
                 touched = batch.touched[key] = set()
@@ -309,16 +344,81 @@ class Ingestor:
             for period_key in team_keys:
                 bucket = batch.claim(team_key(period_key, record.partition, team_id), record,
                                      _new_bucket)
-                if bucket is not None:
+                if bucket is None:
+                    continue
+                if correction is None:
                     self.kpis.apply(bucket, steps, event)
-        if applied or not steps:
+                else:
+                    self.kpis.correct(bucket, steps, event["action"], correction["count"],
+                                      correction["sums"])
+        if applied and contributes:
+            self._state_line(record, event, occurred, keys, correction, position, batch)
+        if not (applied or not steps):
+            batch.result.replayed += 1
+        elif correction is not None:
+            batch.result.applied += 1
+            batch.result.corrected[correction["reason"]] += 1
+        else:
             batch.result.applied += 1
             batch.result.counted[event["type"], event["source"]] += 1
             batch.result.occurred.append(occurred)
             if "feature" in event:
                 batch.result.features[event["feature"]] += 1
+
+    def _to_ledger(self, event: dict[str, Any], contributes: bool,
+                   result: BatchResult) -> None:
+        """Forward an event naming a CRM record to its ledger partition."""
+        key = record_key(event)
+        if key is None:
+            return
+        message = {name: event.get(name) for name in _LEDGER_FIELDS}
+        message["counted"] = contributes
+        message["sums"] = {name: value for name in self.value_fields
+                           if _is_number(value := event.get(name))}
+        result.records.append((key, orjson.dumps(message)))
+
+    def _corrected_before(self, event: dict[str, Any], keys: Sequence[str], occurred: float,
+                          position: int, batch: _Batch) -> bool:
+        """Whether this correction was applied from another position: its statement line
+        says so for as long as the line's day is kept, beyond the dedup horizon (a ledger
+        rebuilt by a replay sends its corrections again, with the same ids)."""
+        key = self._line_key(event, keys, occurred)
+        lines = batch.get(key) if key is not None else None
+        return lines is not None and any(
+            line["id"] == event["event_id"] and line.get("pos") != position
+            for line in lines["lines"])
+
+    def _line_key(self, event: dict[str, Any], keys: Sequence[str],
+                  occurred: float) -> str | None:
+        if not self.statements:
+            return None
+        day_key = next((key for key in keys if key.startswith("d:")), None)
+        if day_key is None:
+            return None
+        return statement_key(day_key, int(occurred // 3600), event["user_id"])
+
+    def _state_line(self, record: Record, event: dict[str, Any], occurred: float,
+                    keys: Sequence[str], correction: dict[str, Any] | None,
+                    position: int, batch: _Batch) -> None:
+        """The audit statement line of an applied event (or correction)."""
+        key = self._line_key(event, keys, occurred)
+        if key is None:
+            return
+        lines = batch.claim(key, record, _new_lines)
+        if lines is None:
+            return
+        line = {"id": event["event_id"], "type": event["type"], "action": event["action"],
+                "at": event["occurred_at"], "src": event.get("source")}
+        if event.get("record_id"):
+            line["rt"], line["ri"] = event.get("record_type"), event["record_id"]
+        if correction is None:
+            line["c"] = 1
+            line["f"] = {name: event[name] for name in self.value_fields if name in event}
         else:
-            batch.result.replayed += 1
+            line["c"], line["f"] = correction["count"], correction["sums"]
+            line["fix"] = {k: correction[k] for k in ("reason", "of", "by")}
+            line["pos"] = position
+        lines["lines"].append(line)
 
     def _first_seen(self, record: Record, user_id: str, digest: str,
                     batch: _Batch) -> int | None:
@@ -348,6 +448,27 @@ class Ingestor:
             batch.values[key] = (-1, seen)
         seen["ids"][digest] = position
         batch.dirty.add(key)
+
+
+_LEDGER_FIELDS = ("event_id", "user_id", "team_id", "type", "action", "occurred_at", "source",
+                  "record_type", "record_id", "previous_owner")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_correction(event: dict[str, Any], correction: Any) -> None:
+    """Corrections are the ledger's own events, in its shape (agents/ledger.py)."""
+    if event.get("source") != LEDGER_SOURCE or not isinstance(correction, dict):
+        raise Rejection("schema:correction", "only the ledger writes corrections")
+    count, sums = correction.get("count"), correction.get("sums")
+    if (isinstance(count, bool) or count not in (-1, 0, 1) or not isinstance(sums, dict)
+            or not all(_is_number(v) and math.isfinite(v) for v in sums.values())
+            or correction.get("reason") not in REASONS):
+        raise Rejection("schema:correction",
+                        "a correction needs count -1/0/1, sums {field: number} and a reason "
+                        f"({', '.join(REASONS)})")
 
 
 _UNREAD: Any = object()
@@ -421,6 +542,10 @@ class _Batch:
 
 def _new_bucket(partition: int) -> dict[str, Any]:
     return new_bucket(partition, -1)
+
+
+def _new_lines(partition: int) -> dict[str, Any]:
+    return {"p": partition, "o": -1, "lines": []}
 
 
 def _new_flags(partition: int) -> dict[str, Any]:

@@ -43,6 +43,12 @@ class KpiFolder:
                     self._by_type.setdefault(event_type, []).append(step)
 
     @property
+    def value_fields(self) -> frozenset[str]:
+        """The event fields some sum or distinct KPI reads."""
+        steps = [*self._any_type, *(s for group in self._by_type.values() for s in group)]
+        return frozenset(step.field for step in steps if step.field)
+
+    @property
     def types(self) -> frozenset[str]:
         """The event types some KPI counts by name."""
         return frozenset(self._by_type)
@@ -75,6 +81,29 @@ class KpiFolder:
                 values = bucket["s"].setdefault(step.kpi, [])
                 if value not in values:
                     values.append(value)
+
+    @staticmethod
+    def contributes(steps: Iterable[_Step], action: str) -> bool:
+        """Whether an event with ``action`` changes some KPI of ``steps``."""
+        return any(action in step.actions for step in steps)
+
+    @staticmethod
+    def correct(bucket: dict[str, Any], steps: Iterable[_Step], action: str, count: int,
+                sums: dict[str, float]) -> None:
+        """Fold a ledger correction in place: ``count`` into counts, ``sums`` (signed
+        differences by field) into sums; distinct values are not corrected."""
+        numbers = bucket["n"]
+        for step in steps:
+            if action not in step.actions:
+                continue
+            if step.kind == "count":
+                change = count
+            elif step.kind == "sum":
+                change = sums.get(step.field, 0) if step.field else 0
+            else:
+                continue
+            if change:
+                numbers[step.kpi] = numbers.get(step.kpi, 0) + change
 
     def read(self, buckets: Iterable[dict[str, Any] | None]) -> dict[str, float]:
         """KPI values of the union of ``buckets`` (periods and/or partitions)."""

@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from agents.group_view import GroupFeed, apply_updates, group_id
-from agents.ingest import Ingestor, Record, UserInfo, partition_of
+from agents.ingest import Ingestor, Record, UserInfo, dead_letter, partition_of
+from agents.ledger import Ledger
 from agents.period_close import PeriodCloser
 from agents.read_clock import ReadClock
 from agents.retention import expired_keys
@@ -136,6 +137,15 @@ def _read_times(pulse: Pulse, topic: Any, clock: ReadClock,
     return times
 
 
+def _settled(app: Any) -> bool:
+    """The tables hold the state of every owned partition: no rebalance, and no table
+    recovery pending or running (Faust never clears ``recovery.completed`` after the
+    first one, so a later rebalance's restore would pass that check half-way)."""
+    recovery = app.tables.recovery
+    return (not app.rebalancing and recovery.completed.is_set() and not recovery.in_recovery
+            and not recovery.signal_recovery_start.is_set())
+
+
 def _active_partitions(pulse: Pulse, topic: Any) -> set[int]:
     """The partitions of ``topic`` this worker owns (the state of their keys is here)."""
     name = topic.get_topic_name()
@@ -153,8 +163,8 @@ async def _store(app: Any, table: Any, writes: dict[str, dict[str, Any]]) -> lis
 
 def register_agents(pulse: Pulse) -> None:
     app, settings = pulse.app, pulse.settings
-    roster_table, kpi_table, group_table = (
-        pulse.roster_table, pulse.kpi_table, pulse.group_table)
+    roster_table, kpi_table, group_table, ledger_table = (
+        pulse.roster_table, pulse.kpi_table, pulse.group_table, pulse.ledger_table)
 
     roster_get = lazy_reader(roster_table)
     infos: dict[str, tuple[dict[str, Any], UserInfo]] = {}
@@ -223,6 +233,7 @@ def register_agents(pulse: Pulse) -> None:
                                           for award in result.awards]),
                     (pulse.dlq, [(key, value, None) for key, value in result.dead_letters]),
                     (pulse.activities, result.forwards),
+                    (pulse.records, [(key, value, None) for key, value in result.records]),
                     (pulse.groups, [(key, value, None) for key, value in group_feed.records(
                         result.writes, roster_get)] if group_feed.enabled else []),
                 ):
@@ -262,6 +273,36 @@ def register_agents(pulse: Pulse) -> None:
                 await stream.ack(event)
                 groups_read.processed(event.message.partition, event.message.offset)
 
+    ledger = Ledger()
+
+    @app.agent(pulse.records, name="ledger")
+    async def ledger_updates(stream: Any) -> None:
+        """Events by CRM record: the ledger's lines, and corrections back to the ingest."""
+        async for events in _batches(stream, settings.batch_max, settings.batch_within_s):
+            result = ledger.fold(
+                [(e.message.partition, e.message.offset, e.value) for e in events],
+                reader(ledger_table))
+            letters = [dead_letter(Record(pulse.records.get_topic_name(), partition, offset,
+                                          time.time(), None, raw), rejection, None, raw or b"")
+                       for partition, offset, raw, rejection in result.rejected]
+            try:  # outputs first, state second, acks last (as the ingest)
+                outputs = []
+                for topic, records in ((pulse.activities, result.corrections),
+                                       (pulse.dlq, letters)):
+                    if records:
+                        outputs += await send_records(app.producer, topic.get_topic_name(),
+                                                      [(k, v, None) for k, v in records])
+            except BaseException:
+                _crash_without_commit()
+            await _acknowledged(outputs)
+            try:
+                state = await _store(app, ledger_table, result.writes)
+            except BaseException:
+                _crash_without_commit()
+            await _acknowledged(state)
+            for event in events:
+                await stream.ack(event)
+
     closer = PeriodCloser(settings.pulse)
     team_rules = TeamRules(settings.pulse, settings.partitions)
 
@@ -272,7 +313,7 @@ def register_agents(pulse: Pulse) -> None:
         Each partition is reviewed as of its read time, not the wall clock, so a period is
         never closed while records that count for it wait in the consumer's backlog.
         """
-        if app.rebalancing or not app.tables.recovery.completed.is_set():
+        if not _settled(app):
             return
         now = datetime.now(UTC)
         users_home = _read_times(pulse, pulse.activities, users_read, now)
@@ -340,7 +381,7 @@ def register_agents(pulse: Pulse) -> None:
     @app.timer(interval=2.0, name="serving-resync")
     async def resync_serving() -> None:
         """Write the owned partitions to Redis in full after a rebalance or an outage."""
-        if app.rebalancing or not app.tables.recovery.completed.is_set():
+        if not _settled(app):
             return
         owned = _active_partitions(pulse, pulse.activities)
         if owned == served and not pulse.serving.needs_resync:

@@ -22,6 +22,7 @@ from agents.achievements import AchievementRules
 from agents.ingest import flags_key, team_key, user_key
 from agents.kpis import KpiFolder
 from agents.periods import Calendar, Period, zone
+from agents.statements import period_lines, statement, to_csv
 from app.access import Access
 from app.directory import Directory, pseudonym
 from app.edge import EdgeError, error_response, parse_period
@@ -118,6 +119,61 @@ def register_api_views(pulse: Pulse, access: Access) -> None:
                 "period": period.as_dict(),
                 "kpis": kpi_body(kpis.read(buckets), user_targets(config, profile, kind)),
             })
+
+    def statement_response(view: View, request: Request, body: dict[str, Any]) -> Response:
+        """JSON, or CSV with ``format=csv`` (for payroll spreadsheets)."""
+        if not config.ledger.statements:
+            raise EdgeError(404, "statements_disabled", "ledger.statements is off in the KPI "
+                            "model: no statement lines are kept")
+        answer_format = request.query.get("format", "json")
+        if answer_format == "csv":
+            return view.text(to_csv(body["kpis"]), content_type="text/csv")
+        if answer_format != "json":
+            raise EdgeError(400, "bad_format", "format must be json or csv")
+        return view.json(body)
+
+    @app.page("/api/users/{user_id}/statement")
+    class UserStatement(View):
+        """Every event and ledger correction behind a person's KPI values in a period."""
+
+        @guarded(personal=True)
+        async def get(self, request: Request, user_id: str) -> Response:
+            kind, at = parse_period(request, config.periods)
+            profile = pulse.roster_table.get(user_id)
+            tz = zone((profile or {}).get("timezone") or config.timezone)
+            period = calendar.period(kind, at, tz)
+            lines = period_lines(calendar, pulse.kpi_table.get, user_id, tz, period.start,
+                                 period.end)
+            if profile is None and not lines:
+                raise EdgeError(404, "unknown_user", "no roster entry and no data")
+            return statement_response(self, request, {
+                "user_id": user_id, "period": period.as_dict(),
+                "kpis": statement(kpis, lines)})
+
+    @app.page("/api/teams/{team_id}/statement")
+    class TeamStatement(View):
+        """The statement lines of a team's active members in the team's period; complete
+        when this worker owns every partition (else the members it holds)."""
+
+        @guarded(personal=True)
+        async def get(self, request: Request, team_id: str) -> Response:
+            kind, at = parse_period(request, config.periods)
+            members = directory().members.get(team_id, [])
+            if team_id not in config.teams and not members:
+                raise EdgeError(404, "unknown_team", "no config or roster members")
+            period = calendar.period(kind, at, group_tz(team_id))
+            topic = pulse.activities.get_topic_name()
+            owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
+            lines = []
+            for member in members:
+                tz = zone(member.get("timezone") or config.timezone)
+                lines += period_lines(calendar, pulse.kpi_table.get, member["user_id"], tz,
+                                      period.start, period.end)
+            return statement_response(self, request, {
+                "team_id": team_id, "members": len(members), "period": period.as_dict(),
+                "complete": len(owned) == settings.partitions,
+                "kpis": statement(kpis, sorted(lines, key=lambda line: (line["at"],
+                                                                        line["id"])))})
 
     @app.page("/api/users/{user_id}/progress")
     class UserProgress(View):

@@ -79,6 +79,9 @@ class KpiDef(_Strict):
     - ``sum: amount`` with ``types: [opportunity_won]`` sums a numeric field;
     - ``distinct: feature`` counts distinct values of a field;
     - ``ratio: [won_deals, closed_deals]`` divides two other KPIs (computed on read).
+
+    ``count_on: completed`` is short for ``actions: [completed]``: a record counts once it
+    is done (a call logged as planned counts when it is completed), not when created.
     """
 
     title: str | None = None
@@ -90,6 +93,17 @@ class KpiDef(_Strict):
     actions: list[Literal["created", "updated", "completed", "deleted", "reassigned"]] = Field(
         ["created"], description="Record actions that count (corrections come from the ledger)."
     )
+    count_on: Literal["created", "completed"] | None = Field(
+        None, description="Shorthand for actions: [created] or [completed].")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _count_on(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("count_on") is not None:
+            if "actions" in data:
+                raise ValueError("give either count_on or actions, not both")
+            data = {**data, "actions": [data["count_on"]]}
+        return data
 
     @model_validator(mode="after")
     def _one_kind(self) -> KpiDef:
@@ -143,6 +157,15 @@ class MetricsRules(_Strict):
 
     per_user: bool = Field(False, description="Export per-user KPI series.")
     pseudonymous: bool = Field(True, description="Per-user series carry pseudonyms, not ids.")
+
+
+class LedgerRules(_Strict):
+    """The record ledger: corrections from CRM record changes, audit statements."""
+
+    enabled: bool = Field(True, description="Events naming a CRM record feed the ledger; "
+                          "deletions, reassignments and amount updates correct the KPIs.")
+    statements: bool = Field(True, description="Keep a line per counted event for audit "
+                             "statements (kept as long as day buckets: retention.day).")
 
 
 class PrivacyRules(_Strict):
@@ -269,6 +292,7 @@ class PulseConfig(_Strict):
     alerts: AlertRules = AlertRules()
     metrics: MetricsRules = MetricsRules()
     privacy: PrivacyRules = PrivacyRules()
+    ledger: LedgerRules = LedgerRules()
     type_aliases: dict[str, str] = Field(default_factory=dict)
     kpis: dict[Annotated[str, Field(pattern=_NAME)], KpiDef]
     roles: dict[str, RoleDef] = Field(default_factory=dict)

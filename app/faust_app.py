@@ -58,8 +58,10 @@ class Pulse:
     alerts: Any
     roster_topic: Any
     groups: Any
+    records: Any
     kpi_table: PartitionedTable
     group_table: PartitionedTable
+    ledger_table: PartitionedTable
     roster_table: Any
     metrics: PulseMetrics = field(init=False)
     serving: ServingLayer = field(init=False)
@@ -109,8 +111,10 @@ def create_app(settings: Settings) -> Pulse:
         alerts=app.topic(topics.alerts, partitions=settings.partitions, **raw),
         roster_topic=app.topic(topics.roster, partitions=settings.partitions, **raw),
         groups=app.topic(topics.groups, partitions=settings.partitions, **raw),
+        records=app.topic(topics.records, partitions=settings.partitions, **raw),
         kpi_table=app.Table("kpi", partitions=settings.partitions, key_type=str),
         group_table=app.Table("groups", partitions=settings.partitions, key_type=str),
+        ledger_table=app.Table("ledger", partitions=settings.partitions, key_type=str),
         roster_table=app.GlobalTable(
             "roster",
             partitions=settings.partitions,

@@ -52,6 +52,8 @@ class PulseMetrics:
         self.events = counter("crm_pulse_events", "Events applied to the KPIs.",
                               ("type", "source"))
         self.duplicates = counter("crm_pulse_duplicates", "Repeated deliveries of an event_id.")
+        self.corrections = counter("crm_pulse_corrections", "Record-ledger corrections applied "
+                                   "to the KPIs.", ("reason",))
         self.dead_letters = counter("crm_pulse_dead_letters", "Records and elements sent to "
                                     "the DLQ.", ("reason",))
         self.features = counter("crm_pulse_features_used", "Events that used a CRM function.",
@@ -81,6 +83,8 @@ class PulseMetrics:
             self.dead_letters.labels(reason).inc(count)
         if result.duplicates:
             self.duplicates.inc(result.duplicates)
+        for reason, count in result.corrected.items():
+            self.corrections.labels(reason).inc(count)
         for occurred in result.occurred:
             self.latency.observe(max(0.0, now - occurred))
         self.awarded(result.awards)
@@ -123,7 +127,7 @@ class StateCollector:
         sizes = GaugeMetricFamily("crm_pulse_table_keys", "Keys held by this worker.",
                                   labels=("table",))
         for name, table in (("kpi", pulse.kpi_table), ("groups", pulse.group_table),
-                            ("roster", pulse.roster_table)):
+                            ("ledger", pulse.ledger_table), ("roster", pulse.roster_table)):
             sizes.add_metric((name,), len(table.data))
         yield sizes
         serving = getattr(pulse, "serving", None)

@@ -27,10 +27,11 @@ class Topics:
         self.achievements = f"{prefix}crm.achievements"
         self.alerts = f"{prefix}crm.kpi.alerts"
         self.groups = f"{prefix}crm.kpi.groups"  # internal: team/office buckets by group
+        self.records = f"{prefix}crm.records"  # internal: record events by record (ledger)
 
     def all(self) -> list[str]:
         return [self.activities, self.dlq, self.roster, self.achievements, self.alerts,
-                self.groups]
+                self.groups, self.records]
 
 
 class Settings(BaseSettings):

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from agents.ledger import SOURCE as LEDGER_SOURCE
 from app.adapters.base import Adapter, Parsed, Unmapped
 from schemas.activity import Rejection, element_bytes, validate_event
 
@@ -85,7 +86,15 @@ def route(adapter: Adapter, parsed: Parsed, body: bytes, directory: OwnerDirecto
     for vendor_event in parsed.events:
         event = dict(vendor_event.event)
         try:
+            if "correction" in event or event.get("source") == LEDGER_SOURCE:
+                raise Rejection("schema:correction", "corrections come from the record "
+                                "ledger only; send the CRM's deletes and changes instead")
             event["user_id"] = _user_id(adapter, vendor_event.owner, directory, strict_roster)
+            attributes = event.get("attributes")
+            previous = event.get("previous_owner") or (
+                attributes.get("previous_owner") if isinstance(attributes, dict) else None)
+            if previous is not None:  # adapters keep the vendor's id in attributes
+                event["previous_owner"] = _previous_owner(adapter, str(previous), directory)
             event.setdefault("source", adapter.vendor)
             validate_event(event)
         except Rejection as exc:
@@ -115,6 +124,14 @@ def _user_id(adapter: Adapter, owner: str | None, directory: OwnerDirectory,
         raise Rejection("unknown_user", f"no roster entry has {adapter.roster_field} = this "
                         f"owner; add it (docs/roster.md) and replay the DLQ record")
     return f"{adapter.vendor}:{owner}"
+
+
+def _previous_owner(adapter: Adapter, owner: str, directory: OwnerDirectory) -> str:
+    """The CRM Pulse user a reassigned record came from (for the ledger; as unknown owners
+    are named when the roster is not strict)."""
+    if adapter.roster_field is None:
+        return owner
+    return directory.user_for(adapter, owner) or f"{adapter.vendor}:{owner}"
 
 
 def body_digest(body: bytes) -> str:

@@ -73,6 +73,16 @@ FIELDS: tuple[Field, ...] = (
     Field("record_type", _text(100)),
     Field("record_id", _text(200)),
     Field("action", {"type": "string", "enum": list(ACTIONS), "default": "created"}),
+    Field("previous_owner", _text(200, description="On reassigned: the user it came from.")),
+    Field("correction", {
+        "type": "object",
+        "description": "Internal: a record-ledger correction (source 'ledger'); refused at "
+                       "the webhook edge.",
+        "required": ["count", "sums", "reason"],
+        "properties": {"count": {"enum": [-1, 0, 1]}, "sums": {"type": "object"},
+                       "reason": {"enum": ["deleted", "reassigned", "updated"]},
+                       "of": {"type": "string"}, "by": {"type": "string"}},
+    }),
 )
 _BY_NAME = {f.name: f for f in FIELDS}
 REQUIRED = tuple(f.name for f in FIELDS if f.required)

@@ -112,4 +112,6 @@ def _content(key: str, value: dict[str, Any]) -> dict[str, Any]:
     """A state value without bookkeeping (offset watermark, partition, list order)."""
     if key.startswith("f|"):
         return {rule: sorted(flags) for rule, flags in value["r"].items()}
+    if key.startswith("e|"):  # statement lines: each applied event once
+        return {"lines": sorted(value["lines"], key=lambda line: line["id"])}
     return {"n": value["n"], "s": {k: sorted(v) for k, v in value["s"].items()}}

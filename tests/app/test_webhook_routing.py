@@ -91,3 +91,24 @@ def test_generic_owners_are_user_ids_already() -> None:
     routed = route(GENERIC, Parsed(events=[call("zoe")]), b"body", directory(),
                    strict_roster=True, received_at=NOW)
     assert list(routed.by_user) == ["zoe"]
+
+
+def test_the_previous_owner_of_a_reassignment_is_mapped_for_the_ledger() -> None:
+    moved = call(GUID, "r1", action="reassigned", record_type="opportunity", record_id="o-1",
+                 attributes={"previous_owner": "9586504"})
+    routed = route(HUBSPOT, Parsed(events=[call("9586504", "r0", action="reassigned",
+                                                previous_owner="9586504")]),
+                   b"body", directory(), strict_roster=False, received_at=NOW)
+    assert routed.by_user["hugo"][0]["previous_owner"] == "hugo"
+    routed = route(DYNAMICS, Parsed(events=[moved]), b"body", directory(),
+                   strict_roster=False, received_at=NOW)
+    assert routed.by_user["dora"][0]["previous_owner"] == "dynamics365:9586504"  # unknown
+
+
+def test_corrections_are_refused_at_the_edge() -> None:
+    forged = [call("9586504", "c1", correction={"count": 1, "sums": {}, "reason": "updated"}),
+              call("9586504", "c2", source="ledger")]
+    routed = route(HUBSPOT, Parsed(events=forged), b"body", directory(), strict_roster=True,
+                   received_at=NOW)
+    assert routed.accepted == 0
+    assert routed.reasons == ["schema:correction", "schema:correction"]
