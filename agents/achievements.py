@@ -21,6 +21,7 @@ from agents.periods import KIND_OF_PREFIX
 from app.config import FirstUseRule, PulseConfig, TargetHitRule, ThresholdRule
 
 ALL_FLAGS = "*"
+REVOKED = "achievement_revoked"
 
 
 def achievement_id(rule: str, user_id: str, period: str) -> str:
@@ -129,6 +130,23 @@ class AchievementRules:
                     message=f"{rule.title}: {kpi_title} {new:g} of {goal:g} ({period_key})",
                 ))
         return awards
+
+    def uncrossed(self, goals: list[tuple[_Watch, float]], before: list[float],
+                  bucket: dict[str, Any], period_key: str, user_id: str, team_id: str | None,
+                  occurred_at: str) -> list[Award]:
+        """Revocations (kind ``achievement_revoked``, the award's own id) of goals that a
+        correction took this bucket back below (``now`` < goal <= ``before``)."""
+        revoked = []
+        for (watch, goal), old in zip(goals, before, strict=True):
+            rule = watch.rule
+            new = self.value(bucket, rule.kpi)
+            if new < goal <= old:
+                revoked.append(Award(
+                    rule=rule.id, kind=REVOKED, user_id=user_id, team_id=team_id,
+                    period=period_key, value=new, target=goal, occurred_at=occurred_at,
+                    title=rule.title, message=f"Revoked: {rule.title} ({period_key}): a CRM "
+                    f"record was corrected, {new:g} of {goal:g}"))
+        return revoked
 
     def first_uses(self, collected: dict[str, list[str]], feature: str, user_id: str,
                    team_id: str | None, occurred_at: str) -> list[Award]:

@@ -171,6 +171,7 @@ class Ingestor:
         self.aliases = {k.lower(): v for k, v in config.type_aliases.items()}
         self.ledger = config.ledger.enabled
         self.statements = config.ledger.statements and "day" in config.periods
+        self.revoke = config.ledger.revoke_on_retraction
         self.value_fields = self.kpis.value_fields
         self.correctable = config.retention.day.total_seconds()
         self._partitions: dict[bytes, int] = {}
@@ -333,6 +334,10 @@ class Ingestor:
             if goals:
                 batch.result.awards.extend(self.rules.crossed(
                     goals, before, bucket, period_key, user_id, team_id, event["occurred_at"]))
+                if correction is not None and self.revoke:
+                    batch.result.awards.extend(self.rules.uncrossed(
+                        goals, before, bucket, period_key, user_id, team_id,
+                        event["occurred_at"]))
         if event.get("feature") in self.rules.flags and event["action"] in ("created", "completed"):
             state = batch.claim(flags_key(user_id), record, _new_flags)
             if state is not None:

@@ -166,6 +166,9 @@ class LedgerRules(_Strict):
                           "deletions, reassignments and amount updates correct the KPIs.")
     statements: bool = Field(True, description="Keep a line per counted event for audit "
                              "statements (kept as long as day buckets: retention.day).")
+    revoke_on_retraction: bool = Field(
+        False, description="A correction that takes a threshold or target award back below its "
+        "goal emits achievement_revoked with the award's id (default: awards stand).")
 
 
 class PrivacyRules(_Strict):

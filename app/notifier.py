@@ -18,6 +18,7 @@ from typing import Any, TextIO
 import orjson
 from kafka import KafkaConsumer
 
+from agents.achievements import REVOKED
 from app.kafka import bootstrap_servers
 from app.settings import Settings
 
@@ -42,8 +43,9 @@ class RecentIds:
 
 
 def chat_line(award: dict[str, Any]) -> str:
-    """What a bot would post for one award."""
-    return f"🏆 {award['user_id']} — {award['message']}"
+    """What a bot would post for one award (a revocation: what it would take back)."""
+    mark = "↩" if award["kind"] == REVOKED else "🏆"
+    return f"{mark} {award['user_id']} — {award['message']}"
 
 
 def run_notifier(settings: Settings, from_beginning: bool = False,
@@ -78,7 +80,8 @@ def run_notifier(settings: Settings, from_beginning: bool = False,
                     last_news = time.monotonic()
                     try:
                         award = orjson.loads(record.value)
-                        fresh = seen.first_time(award["achievement_id"])
+                        fresh = seen.first_time(award["achievement_id"] + (
+                            ":revoked" if award["kind"] == REVOKED else ""))
                     except (orjson.JSONDecodeError, KeyError, TypeError):
                         logger.warning("skipping a malformed award at offset %d", record.offset)
                         continue

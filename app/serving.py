@@ -34,7 +34,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from agents.achievements import Award
+from agents.achievements import REVOKED, Award
 from agents.kpis import KpiFolder
 from agents.periods import Calendar
 from app.settings import Settings
@@ -144,6 +144,8 @@ class ServingLayer:
                 staged.expiries[snapshot] = expiry
         emitted_at = now if now is not None else datetime.now(UTC).timestamp()
         for award in awards:
+            if award.kind == REVOKED:  # the wall shows recognition, not its withdrawal
+                continue
             entry = (award.achievement_id, award.record(emitted_at)[1])
             staged.feed.append(entry)
             self._recent_awards.append(entry)

@@ -83,7 +83,10 @@ def achievements_schema() -> dict[str, Any]:
                                "description": "hash of rule, user and period; the dedup key"},
             "rule": {**text, "description": "the rule's id in the KPI config"},
             "kind": {"enum": ["first_use", "threshold", "target_hit", "streak",
-                              "personal_best", "team_goal", "rank", "data_quality_hero"]},
+                              "personal_best", "team_goal", "rank", "data_quality_hero",
+                              "achievement_revoked"],
+                     "description": "achievement_revoked (ledger.revoke_on_retraction): the "
+                                    "award with this achievement_id is withdrawn"},
             "user_id": text,
             "team_id": {"type": ["string", "null"]},
             "period": {**text, "description": "bucket key (d:2026-11-23, w:…, m:…) or "

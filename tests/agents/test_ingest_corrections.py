@@ -7,9 +7,11 @@ from typing import Any
 
 import orjson
 from factories import event, record
-from test_ingest import Store, make_ingestor, reasons
+from test_ingest import ROSTER, Store, make_ingestor, reasons
 
-from agents.ingest import statement_key, user_key
+from agents.ingest import Ingestor, statement_key, user_key
+from app.config import PulseConfig, load_config
+from app.settings import DEFAULT_CONFIG
 
 NOON = 1795435200.0  # 2026-11-23T12:00Z, the arrival time of the records
 
@@ -87,3 +89,20 @@ def test_a_correction_sent_again_after_the_dedup_horizon_counts_once() -> None:
     assert again.duplicates == 1 and not again.corrected
     day = user_key("d:2026-11-20", "carol")
     assert (store.value(day, "deals_won"), store.value(day, "won_amount")) == (0, 0)
+
+
+def test_awards_stand_unless_revoke_on_retraction_is_set() -> None:
+    rule = {"id": "first_deal", "kind": "threshold", "kpi": "deals_won", "period": "day",
+            "value": 1, "title": "First deal"}
+    for revoke, kinds in ((False, []), (True, ["achievement_revoked"])):
+        config = PulseConfig.model_validate({
+            **load_config(DEFAULT_CONFIG).model_dump(), "achievements": [rule],
+            "ledger": {"revoke_on_retraction": revoke}})
+        ingestor, store = Ingestor(config, 65_536, 1, ROSTER.get), Store()
+        won = event("carol", "opportunity_won", "2026-11-20T10:00:00Z", amount=500,
+                    record_type="opportunity", record_id="o-1")
+        awarded = store.run(ingestor, [record(won, 0, arrival=NOON - 3 * 86_400)]).awards
+        assert [a.kind for a in awarded] == ["threshold"]
+        revoked = store.run(ingestor, [record(correction(-1, -500), 1)]).awards
+        assert [a.kind for a in revoked] == kinds
+        assert all(a.achievement_id == awarded[0].achievement_id for a in revoked)
