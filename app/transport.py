@@ -1,4 +1,5 @@
-"""Faust's aiokafka transport: log-end offsets from Fetch responses and a shorter fetch wait.
+"""Faust's aiokafka transport: log ends from Fetch responses, uncommitted partitions read
+from their first offset, and a shorter fetch wait.
 
 Log-end offsets. Table recovery reads each changelog partition up to its highwater, which
 Faust asks for with ListOffsets(latest). The tansu broker answers that with the last *batch's* base
@@ -6,6 +7,15 @@ offset + 1 (10 records produced in one batch: end offset 1), so recovery stopped
 and lost the newest table values. It has also answered 0 for partitions holding thousands
 of records. The high watermark in a Fetch response is right on tansu and on Apache Kafka
 alike, so every partition's highwater is confirmed with a fetch from its beginning.
+
+Uncommitted partitions. A partition the consumer group never committed starts where
+``auto_offset_reset`` says: aiokafka asks ListOffsets(earliest), and tansu answers that with
+the log *end* too. A worker killed before its first commit on a partition (commits are
+made every second) then restarted behind every record already in it: they were never
+processed (the ledger test lost its corrections that way, about one run in ten). Such
+partitions are sought to offset 0 instead; on Apache Kafka, where retention may have
+deleted offset 0, the fetch answers OffsetOutOfRange and aiokafka resets to the earliest
+offset with a ListOffsets that Kafka answers right.
 
 Fetch wait. Faust hard-codes ``fetch_max_wait_ms=1500`` for the worker consumer. The tansu
 broker holds a Fetch for that long even when records arrive meanwhile, which put a floor of
@@ -66,7 +76,20 @@ async def fetched_highwaters(bootstrap: list[str], listed: Mapping[TP, int]) -> 
     return result
 
 
+async def seek_to_committed_or_start(consumer: AIOKafkaConsumer) -> dict[TopicPartition, Any]:
+    """``consumer.seek_to_committed()``, and offset 0 for the partitions without a commit."""
+    committed = await consumer.seek_to_committed()
+    for partition, offset in committed.items():
+        if not offset:  # None (never committed) or 0: aiokafka left it to the reset policy
+            consumer.seek(partition, 0)
+    return committed
+
+
 class LogEndConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        consumer = self._ensure_consumer()
+        return await self.call_thread(seek_to_committed_or_start, consumer)
+
     async def _highwaters(self, partitions: Iterable[TP]) -> Mapping[TP, int]:
         listed = await super()._highwaters(list(partitions))
         bootstrap = faust_aiokafka.server_list(self.transport.url, self.transport.default_port)

@@ -19,7 +19,7 @@ from app.faust_app import create_app
 from app.kafka import bootstrap_servers, ensure_topics
 from app.settings import Settings
 from app.tables import delete_values, reader, store_dict, write_values
-from app.transport import FETCH_MAX_WAIT_MS, fetched_highwaters
+from app.transport import FETCH_MAX_WAIT_MS, fetched_highwaters, seek_to_committed_or_start
 
 
 def test_pinned_faust_still_has_the_overridden_hooks() -> None:
@@ -27,6 +27,9 @@ def test_pinned_faust_still_has_the_overridden_hooks() -> None:
     assert aiokafka.__version__ == "0.14.0", "re-check app/transport.py and app/tables.py"
     hook = faust_aiokafka.AIOKafkaConsumerThread._highwaters
     assert list(inspect.signature(hook).parameters) == ["self", "partitions"]
+    seek = faust_aiokafka.AIOKafkaConsumerThread.seek_to_committed
+    assert list(inspect.signature(seek).parameters) == ["self"]
+    assert "if offset and offset > 0" in inspect.getsource(AIOKafkaConsumer.seek_to_committed)
     create = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
     assert list(inspect.signature(create).parameters) == ["self", "transport"]
     # The fetch wait is set on the constructed consumer; start() must still pass it on.
@@ -204,3 +207,41 @@ def test_sent_records_land_where_the_default_partitioner_puts_their_keys(make_se
         assert partition == partition_of(key, 4)
         if int(key.split(b"-")[1]) % 2:
             assert timestamp == 1795435200500
+
+
+@pytest.mark.integration
+def test_a_partition_the_group_never_committed_is_read_from_its_first_record(
+        make_settings) -> None:
+    """A worker killed before its first commit on a partition must not restart at the
+    log end (tansu answers ListOffsets(earliest) with it): every record is read."""
+    settings = make_settings(partitions=1)
+    ensure_topics(settings)
+    bootstrap = bootstrap_servers(settings.kafka)
+    topic = settings.topics.activities
+    tp = TopicPartition(topic, 0)
+
+    async def scenario() -> tuple[int, int]:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        try:
+            for i in range(3):
+                await (await producer.send(topic, f"r{i}".encode(), key=b"k"))
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=settings.app_id,
+                                    enable_auto_commit=False, auto_offset_reset="earliest",
+                                    fetch_max_wait_ms=100)
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            await seek_to_committed_or_start(consumer)
+            position = await consumer.position(tp)
+            read = 0
+            while read < 3:
+                read += sum(map(len, (await consumer.getmany(tp, timeout_ms=1000)).values()))
+        finally:
+            await consumer.stop()
+        return position, read
+
+    position, read = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert (position, read) == (0, 3)
