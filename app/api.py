@@ -103,14 +103,18 @@ def register_api_views(pulse: Pulse, access: Access) -> None:
             return answer
         return decorate
 
+    def user_period(request: Request, user_id: str) -> tuple[str, Any, Any, Period]:
+        """The requested period kind, the person's profile (or None), timezone and period."""
+        kind, at = parse_period(request, config.periods)
+        profile = pulse.roster_table.get(user_id)
+        tz = zone((profile or {}).get("timezone") or config.timezone)
+        return kind, profile, tz, calendar.period(kind, at, tz)
+
     @app.page("/api/kpis/users/{user_id}")
     class UserKpis(View):
         @guarded(personal=True)
         async def get(self, request: Request, user_id: str) -> Response:
-            kind, at = parse_period(request, config.periods)
-            profile = pulse.roster_table.get(user_id)
-            period = calendar.period(kind, at, zone((profile or {}).get("timezone")
-                                                    or config.timezone))
+            kind, profile, _, period = user_period(request, user_id)
             buckets = [pulse.kpi_table.get(user_key(k, user_id)) for k in period.bucket_keys]
             if profile is None and not any(buckets):
                 raise EdgeError(404, "unknown_user", "no roster entry and no data")
@@ -138,10 +142,7 @@ def register_api_views(pulse: Pulse, access: Access) -> None:
 
         @guarded(personal=True)
         async def get(self, request: Request, user_id: str) -> Response:
-            kind, at = parse_period(request, config.periods)
-            profile = pulse.roster_table.get(user_id)
-            tz = zone((profile or {}).get("timezone") or config.timezone)
-            period = calendar.period(kind, at, tz)
+            _, profile, tz, period = user_period(request, user_id)
             lines = period_lines(calendar, pulse.kpi_table.get, user_id, tz, period.start,
                                  period.end)
             if profile is None and not lines:
