@@ -356,7 +356,7 @@ class Ingestor:
                 else:
                     self.kpis.correct(bucket, steps, event["action"], correction["count"],
                                       correction["sums"])
-        if applied and contributes:
+        if contributes:  # its own key's watermark decides, as for every bucket
             self._state_line(record, event, occurred, keys, correction, position, batch)
         if not (applied or not steps):
             batch.result.replayed += 1

@@ -1,4 +1,5 @@
-"""``crm-pulse`` command line: dev stack, worker, simulator, config check, roster import."""
+"""``crm-pulse`` command line: dev stack, worker, simulator, config check, roster import,
+replay, audit statements."""
 
 from __future__ import annotations
 
@@ -85,9 +86,22 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
 
     return run_bench(settings, BenchOptions(
         kafka=args.kafka, events=args.events, users=args.users, teams=args.teams,
-        partitions=args.partitions, rate=args.rate, latency_seconds=args.latency_seconds,
+        partitions=args.partitions, workers=args.workers, rate=args.rate,
+        latency_seconds=args.latency_seconds,
         array_size=args.array_size, seed=args.seed, json=args.json,
     ))
+
+
+def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from app.replay import run_replay
+
+    return run_replay(settings, args.since, app_id=args.app_id, redis_url=args.redis)
+
+
+def _cmd_statement(args: argparse.Namespace, settings: Settings) -> int:
+    from app.statement_client import print_statement
+
+    return print_statement(settings, args.user_id, args.period, args.at, args.format, args.url)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--users", type=int, default=1_000, help="distinct users")
     bench.add_argument("--teams", type=int, default=50, help="teams the users are spread over")
     bench.add_argument("--partitions", type=int, default=4, help="partitions of the topics")
+    bench.add_argument("--workers", type=int, default=1,
+                       help="worker processes in one consumer group (at most --partitions)")
     bench.add_argument("--rate", type=float, default=2_000.0,
                        help="events per second of the latency phase")
     bench.add_argument("--latency-seconds", type=float, default=20.0,
@@ -151,6 +167,31 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=8, help="random seed of the events")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(handler=_cmd_bench)
+
+    replay_help = ("rebuild the KPI state and Redis from the retained crm.activities into a "
+                   "new generation (docs/replay.md)")
+    replay = sub.add_parser("replay", help=replay_help, description=replay_help)
+    replay.add_argument("--from", dest="since", required=True, metavar="ISO_DATE",
+                        help="replay records the broker received at or after this date or "
+                        "date-time (no offset: the KPI model's timezone)")
+    replay.add_argument("--app-id", help="app id of the new generation (default: the current "
+                        "one with a -r<UTC time> suffix)")
+    replay.add_argument("--redis", metavar="URL", help="Redis database for the new "
+                        "generation's serving copy, holding no serving keys (default: the "
+                        "first empty database on the server of CRM_PULSE_REDIS)")
+    replay.set_defaults(handler=_cmd_replay)
+
+    statement_help = ("a person's audit statement: every event and correction behind their "
+                      "KPI values in a period (docs/ledger.md), from a running worker")
+    statement = sub.add_parser("statement", help=statement_help, description=statement_help)
+    statement.add_argument("user_id", help="CRM Pulse user id")
+    statement.add_argument("--period", default="month", help="period kind (default: month)")
+    statement.add_argument("--at", help="ISO 8601 date-time with an offset inside the period "
+                           "(default: now)")
+    statement.add_argument("--format", choices=("csv", "json"), default="csv")
+    statement.add_argument("--url", help="the worker's web address (default: "
+                           "http://CRM_PULSE_WEB_HOST:CRM_PULSE_WEB_PORT)")
+    statement.set_defaults(handler=_cmd_statement)
     return parser
 
 

@@ -28,9 +28,10 @@ from app.settings import Settings
 
 
 @pytest.mark.integration
-def test_bench_smoke_counts_correct(broker, capsys):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_bench_smoke_counts_correct(broker, capsys, workers):
     code = main(["bench", "--kafka", broker.url, "--events", "3000", "--users", "50",
-                 "--latency-seconds", "3", "--rate", "200", "--json"])
+                 "--latency-seconds", "3", "--rate", "200", "--workers", str(workers), "--json"])
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1, out  # exactly one JSON object on stdout
     figures = orjson.loads(out[0])
@@ -38,7 +39,13 @@ def test_bench_smoke_counts_correct(broker, capsys):
     assert figures["counts_correct"] is True
     assert code == 0
     assert (figures["events"], figures["users"], figures["partitions"]) == (3000, 50, 4)
+    assert figures["workers"] == workers
     assert figures["latency_p50_ms"] is not None
+
+
+def test_bench_refuses_more_workers_than_partitions(capsys):
+    assert main(["bench", "--partitions", "2", "--workers", "3"]) == 2
+    assert "--workers" in capsys.readouterr().err
 
 
 def test_records_carry_every_event_once():

@@ -8,7 +8,7 @@ import math
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import quote
@@ -60,12 +60,13 @@ def probe_users(run: str, partitions: int) -> list[str]:
 
 
 async def measure_latency(settings: Settings, options: BenchOptions, people: Sequence[Profile],
-                          tz: ZoneInfo, run: str) -> Latency:
+                          tz: ZoneInfo, run: str, owner_url: Callable[[int], str]) -> Latency:
     """Produce at ``options.rate`` for ``options.latency_seconds``; time probe visibility.
 
     Every :data:`PROBE_EVERY`-th event is a call of a probe user, the others simulator
-    events of the bench users. A poller asks the worker (``GET /api/kpis/users/{probe}``)
-    about the probe users with calls outstanding, one round every :data:`POLL_INTERVAL_S`;
+    events of the bench users. A poller asks the worker that owns the probe's partition
+    (``owner_url(partition)``, ``GET /api/kpis/users/{probe}``) about the probe users with
+    calls outstanding, one round every :data:`POLL_INTERVAL_S`;
     a probe's latency runs from handing it to the producer to receiving the first response
     that counts it (so it may be late by up to one polling round).
     """
@@ -74,6 +75,7 @@ async def measure_latency(settings: Settings, options: BenchOptions, people: Seq
     rng = random.Random(options.seed + 1)
     weights = [hourly_rate(p) for p in people]
     probes = probe_users(run, options.partitions)
+    workers = {user: owner_url(partition) for partition, user in enumerate(probes)}
     outstanding: dict[str, deque[tuple[int, float, str]]] = {u: deque() for u in probes}
     latencies: list[float] = []
     polls = 0
@@ -86,7 +88,7 @@ async def measure_latency(settings: Settings, options: BenchOptions, people: Seq
     async def poll(user: str) -> None:
         nonlocal polls
         queue = outstanding[user]
-        url = (f"{settings.web_url}/api/kpis/users/{user}?period=day"
+        url = (f"{workers[user]}/api/kpis/users/{user}?period=day"
                f"&at={quote(queue[0][2])}")  # the probe's own day, also across midnight
         try:
             async with session.get(url) as response:

@@ -17,6 +17,7 @@ class BenchOptions:
     users: int = 1_000
     teams: int = 50
     partitions: int = 4
+    workers: int = 1  # worker processes in the one consumer group (<= partitions)
     rate: float = 2_000.0
     latency_seconds: float = 20.0
     array_size: int = 50

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import shutil
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,69 +32,95 @@ from app.bench.events import (
     office,
     single_records,
 )
+from app.bench.group import WorkerGroup, start_group
 from app.bench.latency import PROBE_EVERY, Latency, measure_latency
 from app.bench.options import BenchOptions, say
 from app.bench.report import build_report
-from app.bench.worker import WorkerRun, cpu_seconds, peak_rss_mb, read_state, wait_all_committed
+from app.bench.usage import cpu_mark, cpu_percent, peak_rss_mb
+from app.bench.worker import WorkerRun, read_state, wait_all_committed
 from app.embedded import (
     EmbeddedBroker,
     EmbeddedRedis,
     ManagedProcess,
-    free_port,
     settings_with,
     start_broker,
     start_redis,
-    start_worker,
     wait_ready,
 )
 from app.kafka import bootstrap_servers, ensure_topics, log_end_offsets
 from app.roster import Profile
 from app.settings import Settings
 
+GROUP_TIMEOUT_S = 120  # workers started -> every one ready and owning partitions
+
 
 @dataclass
 class _Topic:
-    """One bench topic set, produced and ready for a worker."""
+    """One bench topic set: its own topic prefix and app id (the workers' consumer group)."""
 
     label: str
     name: str
     settings: Settings
-    cum: dict[int, list[int]]
-    ends: dict[int, int]
 
 
-def _prepare(label: str, name: str, base: Settings, records: RecordSet, options: BenchOptions,
-             workdir: Path) -> _Topic:
-    """Create a fresh topic set (own prefix, app id, port, data dir); produce ``records``."""
+def _topic_set(label: str, name: str, base: Settings) -> _Topic:
+    """Create a fresh topic set ``name`` (empty topics, own prefix and app id)."""
     settings = settings_with(base, topic_prefix=f"{base.topic_prefix}{name}.",
-                             app_id=f"{base.app_id}-{name}", web_port=free_port(),
-                             data_dir=workdir / name)
-    bootstrap = bootstrap_servers(settings.kafka)
+                             app_id=f"{base.app_id}-{name}")
     ensure_topics(settings)
-    say(f"producing {options.events:,} events as {len(records.records):,} {label} records ...")
+    return _Topic(label, name, settings)
+
+
+def _produce(topic: _Topic, records: RecordSet,
+             options: BenchOptions) -> tuple[dict[int, list[int]], dict[int, int]]:
+    """Write ``records`` to the set's activities topic; ``(events below each offset, ends)``."""
+    settings = topic.settings
+    bootstrap = bootstrap_servers(settings.kafka)
+    say(f"producing {options.events:,} events as {len(records.records):,} {topic.label} "
+        f"records to {settings.topics.activities} ...")
     seconds = asyncio.run(produce(bootstrap, settings.topics.activities, records.records,
-                                  options.partitions, label))
+                                  options.partitions, topic.label))
     say(f"  produced in {seconds:.1f}s ({options.events / seconds:,.0f} events/s)")
     ends = log_end_offsets(bootstrap, settings.topics.activities)
     cum = records.cumulative(options.partitions)
     if any(ends[p] != len(cum[p]) - 1 for p in ends):
         raise RuntimeError(f"{settings.topics.activities}: end offsets {ends} do not match the "
                            f"records written {[len(cum[p]) - 1 for p in sorted(cum)]}")
-    return _Topic(label, name, settings, cum, ends)
+    return cum, ends
 
 
-def _run_worker(topic: _Topic, options: BenchOptions, workdir: Path, children: Children,
-                expected: Expected, people: Sequence[Profile],
-                day_key: str) -> tuple[WorkerRun, ManagedProcess]:
-    """Start a worker over a produced topic, time it to the last commit, check its state."""
-    log = workdir / f"{topic.name}-worker.log"
-    say(f"starting a worker over the {topic.label} records (log: {log}) ...")
-    worker = children.start(lambda: start_worker(topic.settings, log))
-    run = wait_all_committed(topic.settings, worker, topic.cum, topic.ends, options.events,
-                             topic.label)
-    say(f"  {topic.label}: {run.events_per_s:,.0f} events/s over {run.interval_s:.1f}s "
-        f"(first commit after {run.first_commit_s:.1f}s, all after {run.total_s:.1f}s)")
-    say(f"checking the {topic.label} worker's KPI changelog against an independent count ...")
+def _run_workers(topic: _Topic, records: RecordSet, options: BenchOptions, workdir: Path,
+                 children: Children, expected: Expected, people: Sequence[Profile],
+                 day_key: str) -> tuple[WorkerRun, WorkerGroup]:
+    """Start the group; once every worker owns partitions, produce ``records``, time the
+    group to the last commit and check its state."""
+    folder = workdir / topic.name
+    say(f"starting {options.workers} worker(s) in one group for the {topic.label} records "
+        f"(logs in {folder}) ...")
+    group = start_group(topic.settings, options.workers, folder, children)
+    group.wait_assigned(GROUP_TIMEOUT_S)
+    say(f"  group complete after {group.ready_s:.1f}s: " + "; ".join(
+        f"{name} owns partitions {owned}" for name, owned in group.partitions().items()))
+    group.mark()
+    pids = {process.name: process.pid for process in children.processes} | {"bench": os.getpid()}
+    produced = cpu_mark(pids)
+    cum, ends = _produce(topic, records, options)
+    run = wait_all_committed(topic.settings, group, cum, ends, options.events, topic.label,
+                             produced, pids)
+    say(f"  {topic.label}: {run.events_per_s:,.0f} events/s over {run.interval_s:.1f}s (from "
+        f"{run.measured_from}, {run.first_commit_s:.1f}s after the first record; all "
+        f"committed after {run.total_s:.1f}s)")
+    if run.rebalances:
+        say(f"  WARNING: the group rebalanced after it was complete ({run.rebalances} new "
+            f"generation(s)): the figure includes the rebalance")
+    _check(topic, run, expected, people, day_key)
+    return run, group
+
+
+def _check(topic: _Topic, run: WorkerRun, expected: Expected, people: Sequence[Profile],
+           day_key: str) -> None:
+    """Compare the group's KPI changelog and DLQ with the independent count (into ``run``)."""
+    say(f"checking the {topic.label} workers' KPI changelog against an independent count ...")
     settings = topic.settings
     state = read_state(settings, run)
     run.problems = check_state(expected, state, day_key, [p.user_id for p in people])
@@ -107,22 +133,23 @@ def _run_worker(topic: _Topic, options: BenchOptions, workdir: Path, children: C
         say(f"  MISMATCH {problem}")
     say(f"  {topic.label}: counts {'correct' if not run.problems else 'WRONG'} "
         f"({run.keys:,} table keys, {run.changelog_records:,} changelog records read)")
-    return run, worker
 
 
-def _latency_phase(topic: _Topic, worker: ManagedProcess, options: BenchOptions,
+def _latency_phase(topic: _Topic, group: WorkerGroup, options: BenchOptions,
                    people: Sequence[Profile], tz: ZoneInfo, run: str) -> Latency:
     settings = topic.settings
-    wait_ready(settings, 60, process=worker)
+    for member, process in zip(group.settings, group.processes, strict=True):
+        wait_ready(member, 60, process=process)
     say(f"latency: {options.rate:,.0f} events/s for {options.latency_seconds:g}s, "
         f"every {PROBE_EVERY}th event a probe call ...")
     changelog = f"{settings.app_id}-kpi-changelog"
     bootstrap = bootstrap_servers(settings.kafka)
     written = sum(log_end_offsets(bootstrap, changelog).values())
-    cpu, started = cpu_seconds(worker.pid), time.perf_counter()
-    latency = asyncio.run(measure_latency(settings, options, people, tz, run))
-    latency.worker_cpu_percent = (
-        100 * (cpu_seconds(worker.pid) - cpu) / (time.perf_counter() - started))
+    pids = {process.name: process.pid for process in group.processes}
+    start = cpu_mark(pids)
+    latency = asyncio.run(measure_latency(settings, options, people, tz, run, group.owner_url))
+    shares = cpu_percent(start, cpu_mark(pids))
+    latency.worker_cpu_percent = sum(shares[name] for name in pids)
     written = sum(log_end_offsets(bootstrap, changelog).values()) - written
     latency.changelog_per_event = written / max(1, latency.sent)
     say(f"  latency: p50 {latency.p50_ms:,.1f} ms, p99 {latency.p99_ms:,.1f} ms "
@@ -146,14 +173,19 @@ def _measure(options: BenchOptions, settings: Settings, workdir: Path, kafka: st
     events = generate_events(random.Random(options.seed), options.events, people, now, run)
     expected = expected_state(events, config)
     day_key = f"d:{now.date().isoformat()}"
-    single = _prepare("single-event", "single", base, single_records(events), options, workdir)
-    batched = _prepare(f"{options.array_size}-event array", "batched", base,
-                       array_records(events, options.array_size), options, workdir)
+    single = _topic_set("single-event", "single", base)
+    batched = _topic_set(f"{options.array_size}-event array", "batched", base)
+    records = {single.name: single_records(events),
+               batched.name: array_records(events, options.array_size)}
     del events
 
+    # The ceiling reads its own copy of the single-event records: the workers' topics are
+    # written only once their group is complete.
+    top_set = _topic_set("single-event", "ceiling", base)
+    _produce(top_set, records[single.name], options)
     say("ceiling: raw aiokafka consume + orjson decode + per-user count ...")
-    top = asyncio.run(ceiling(bootstrap_servers(kafka), single.settings.topics.activities,
-                              f"{base.app_id}-ceiling", options.events))
+    top = asyncio.run(ceiling(bootstrap_servers(kafka), top_set.settings.topics.activities,
+                              top_set.settings.app_id, options.events))
     if top.counts != dict(expected.events):
         raise RuntimeError("the ceiling consumer's per-user counts differ from what was produced")
     say(f"  ceiling: {top.events_per_s:,.0f} events/s over {top.seconds:.2f}s")
@@ -161,15 +193,17 @@ def _measure(options: BenchOptions, settings: Settings, workdir: Path, kafka: st
     runs: list[WorkerRun] = []
     latency: Latency | None = None
     for topic in (single, batched):
-        result, worker = _run_worker(topic, options, workdir, children, expected, people,
-                                     day_key)
+        result, group = _run_workers(topic, records.pop(topic.name), options, workdir,
+                                     children, expected, people, day_key)
         if topic is single and options.latency_seconds > 0:
-            latency = _latency_phase(topic, worker, options, people, tz, run)
-        result.rss_mb_peak = peak_rss_mb(worker.pid)
-        children.stop(worker)
+            latency = _latency_phase(topic, group, options, people, tz, run)
+        result.rss_mb_peak = {process.name: peak_rss_mb(process.pid)
+                              for process in group.processes}
+        for process in group.processes:
+            children.stop(process)
         runs.append(result)
     if options.kafka:
-        _cleanup(base, ("single", "batched"))
+        _cleanup(base, (top_set.name, single.name, batched.name))
     return build_report(options, top, runs, latency)
 
 
@@ -184,13 +218,17 @@ def _cleanup(base: Settings, names: Sequence[str]) -> None:
         with contextlib.suppress(Exception):
             admin.delete_topics(doomed, raise_errors=False)
         with contextlib.suppress(Exception):
-            admin.delete_groups([f"{base.app_id}-{n}" for n in (*names, "ceiling")])
+            admin.delete_groups([f"{base.app_id}-{n}" for n in names])
     finally:
         admin.close()
 
 
 def run_bench(settings: Settings, options: BenchOptions) -> int:
     """Run the benchmark and print the result; 0 when the counts are correct, else 1."""
+    if not 1 <= options.workers <= options.partitions:
+        say(f"--workers must be 1 to --partitions ({options.partitions}): each worker needs "
+            f"a partition of its own")
+        return 2
     for noisy in ("kafka", "aiokafka", "app.kafka"):  # client chatter; failures still raise
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
     settings.pulse  # noqa: B018  (a bad KPI model fails here, before any process starts)

@@ -41,7 +41,7 @@ from app.bench.broker import committed_offsets, read_latest
 from app.bench.children import Children
 from app.bench.events import Expected, expected_state, office
 from app.bench.options import say
-from app.bench.worker import cpu_seconds
+from app.bench.usage import cpu_seconds
 from app.config import PulseConfig
 from app.embedded import (
     EmbeddedBroker,

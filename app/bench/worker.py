@@ -1,110 +1,105 @@
-"""One ``crm-pulse worker`` process over one pre-produced topic: its rate, CPU, RSS and state."""
+"""N ``crm-pulse worker`` processes over one topic: their rate from committed offsets, and state."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
 from kafka.admin import KafkaAdminClient
 
 from app.bench.broker import committed_offsets, read_latest
+from app.bench.group import WorkerGroup
 from app.bench.options import PROGRESS_EVERY_S, say
-from app.embedded import ManagedProcess
+from app.bench.usage import CpuMark, cpu_mark, cpu_percent
 from app.kafka import bootstrap_servers, log_end_offsets
 from app.settings import Settings
 
 COMMIT_POLL_S = 0.1
 
 
-def peak_rss_mb(pid: int) -> float | None:
-    """Peak resident set size (VmHWM) of a live process in MiB; None where unknown."""
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return None
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a live process has used (0 where unknown)."""
-    with contextlib.suppress(OSError, IndexError, ValueError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return 0.0
-
-
 @dataclass
 class WorkerRun:
-    """How one worker process did over one pre-produced topic."""
+    """How the workers of one group did over one topic (times from the first record produced)."""
 
     label: str
+    workers: int
     events_per_s: float
-    interval_s: float  # first observed commit progress -> all committed
+    interval_s: float  # the clock: first commit observed after producing -> all committed
     events_in_interval: int
-    first_commit_s: float  # worker start -> first observed commit progress
-    total_s: float  # worker start -> all committed
     measured_from: str
-    cpu_percent: float  # worker CPU over worker start -> all committed (100 = one core)
+    group_ready_s: float  # workers started -> every worker ready and owning partitions
+    produce_s: float  # first record produced -> last record acknowledged
+    first_commit_s: float  # first record produced -> the clock starts
+    total_s: float  # first record produced -> all committed
+    cpu_percent: dict[str, float]  # over the clock, per process and "machine" (100 = one core)
+    partitions: dict[str, list[int]]  # worker -> the partitions it owned
+    rebalances: int = 0  # group generations joined after the group was complete
     problems: list[str] = field(default_factory=list)
     changelog_records: int = 0
-    achievements: int = 0  # records the worker wrote to crm.achievements
+    achievements: int = 0  # records the workers wrote to crm.achievements
     keys: int = 0
     state_bytes: dict[str, int] = field(default_factory=dict)  # latest values by key kind
-    rss_mb_peak: float | None = None
+    rss_mb_peak: dict[str, float | None] = field(default_factory=dict)  # per worker
 
 
-def wait_all_committed(settings: Settings, process: ManagedProcess, cum: dict[int, list[int]],
-                       ends: dict[int, int], events: int, label: str) -> WorkerRun:
+def wait_all_committed(settings: Settings, group: WorkerGroup, cum: dict[int, list[int]],
+                       ends: dict[int, int], events: int, label: str, produced: CpuMark,
+                       pids: Mapping[str, int]) -> WorkerRun:
     """Poll the group's committed offsets until every record is committed; time it.
 
-    The rate counts the events committed between the first observed progress and the
-    observation that everything is committed, over the time between the two. Startup
-    (recovery, group join, the first commit interval) is reported apart, not hidden.
+    Called once everything is produced (``produced``: the mark taken before the first
+    record). The clock starts at the first poll that shows a new commit and stops at the
+    poll that shows every partition committed to its log end; the rate counts the events
+    committed in between. So neither the producer nor the group's start is on the clock.
     """
-    topic, group = settings.topics.activities, settings.app_id
+    topic, group_id = settings.topics.activities, settings.app_id
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers(settings.kafka),
                              client_id="crm-pulse-bench-admin")
-    started = last_report = time.perf_counter()
+    produce_s = time.perf_counter() - produced.at
+    last_report = time.perf_counter()
     deadline = time.monotonic() + 120 + events / 300
-    first: tuple[float, int] | None = None
+    baseline: int | None = None
+    first: tuple[CpuMark, int] | None = None
     try:
         while True:
-            offsets = committed_offsets(admin, group, topic)
+            offsets = committed_offsets(admin, group_id, topic)
             now = time.perf_counter()
             done = sum(cum[p][min(offsets.get(p, 0), ends[p])] for p in ends)
-            if first is None and done:
-                first = (now, done)
-            if all(offsets.get(p, 0) >= end for p, end in ends.items()):
+            if baseline is None:
+                baseline = done
+            elif first is None and done > baseline:
+                first = (cpu_mark(pids), done)
+            if all(offsets.get(p, 0) >= last for p, last in ends.items()):
+                finish = cpu_mark(pids)
                 break
-            if not process.alive():
-                raise RuntimeError(f"{process.name} exited ({process.returncode}); last lines "
-                                   f"of {process.log_path}:\n{process.tail()}")
+            group.check_alive()
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{label}: only {done:,}/{events:,} events committed; last "
-                                   f"lines of {process.log_path}:\n{process.tail()}")
+                raise TimeoutError(f"{label}: only {done:,}/{events:,} events committed; logs: "
+                                   f"{', '.join(str(p.log_path) for p in group.processes)}")
             if now - last_report >= PROGRESS_EVERY_S:
                 last_report = now
-                rate = (done - first[1]) / (now - first[0]) if first and now > first[0] else 0
+                rate = (done - first[1]) / (now - first[0].at) if first else 0
                 say(f"  {label}: {done:,}/{events:,} events committed ... {rate:,.0f}/s")
             time.sleep(COMMIT_POLL_S)
     finally:
         admin.close()
-    cpu = 100 * cpu_seconds(process.pid) / (now - started)
-    assert first is not None
-    if events > first[1] and now > first[0]:
-        return WorkerRun(label, (events - first[1]) / (now - first[0]), now - first[0],
-                         events - first[1], first[0] - started, now - started,
-                         "first observed commit", cpu)
-    # Everything fitted into the first commit interval: only the whole run can be timed.
-    return WorkerRun(label, events / (now - started), now - started, events, first[0] - started,
-                     now - started, "worker start (all in one commit interval)", cpu)
+    if first is not None and events > first[1]:
+        start, counted = first[0], events - first[1]
+        measured_from = "the first commit after producing"
+    else:  # everything was committed by then (small runs): only the whole run can be timed
+        start, counted = produced, events
+        measured_from = "the first record produced (all committed within a commit interval)"
+    return WorkerRun(
+        label, len(group.processes), events_per_s=counted / (finish.at - start.at),
+        interval_s=finish.at - start.at, events_in_interval=counted, measured_from=measured_from,
+        group_ready_s=group.ready_s, produce_s=produce_s, first_commit_s=start.at - produced.at,
+        total_s=finish.at - produced.at, cpu_percent=cpu_percent(start, finish),
+        partitions=group.partitions(), rebalances=group.rebalances())
 
 
 def read_state(settings: Settings, run: WorkerRun) -> dict[str, dict[str, Any]]:

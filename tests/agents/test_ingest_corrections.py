@@ -106,3 +106,17 @@ def test_awards_stand_unless_revoke_on_retraction_is_set() -> None:
         revoked = store.run(ingestor, [record(correction(-1, -500), 1)]).awards
         assert [a.kind for a in revoked] == kinds
         assert all(a.achievement_id == awarded[0].achievement_id for a in revoked)
+
+
+def test_a_statement_line_whose_write_was_lost_is_written_by_the_replay() -> None:
+    """A crash between a batch's changelog writes: the buckets landed, the line did not."""
+    ingestor, store = make_ingestor(), Store()
+    won = event("carol", "opportunity_won", amount=500, record_type="opportunity",
+                record_id="o-1")
+    first = ingestor.fold([record(won, 0)], store.get)
+    store.update({k: v for k, v in first.writes.items() if not k.startswith("e|")})
+    again = store.run(ingestor, [record(won, 0)])  # the replay of the same record
+    assert again.replayed == 1  # the buckets hold it already
+    lines = [line for key, value in store.items() if key.startswith("e|")
+             for line in value["lines"]]
+    assert [line["id"] for line in lines] == [won["event_id"]]
