@@ -170,7 +170,7 @@ class Ingestor:
         self.horizon_days = max(1, int(config.dedup_horizon.total_seconds() // _DAY))
         self.aliases = {k.lower(): v for k, v in config.type_aliases.items()}
         self.ledger = config.ledger.enabled
-        self.statements = config.ledger.statements and "day" in config.periods
+        self.statements = config.ledger.statements
         self.revoke = config.ledger.revoke_on_retraction
         self.value_fields = self.kpis.value_fields
         self.correctable = config.retention.day.total_seconds()
@@ -395,7 +395,7 @@ class Ingestor:
 
     def _line_key(self, event: dict[str, Any], keys: Sequence[str],
                   occurred: float) -> str | None:
-        if not self.statements:
+        if "day" not in self.config.periods:
             return None
         day_key = next((key for key in keys if key.startswith("d:")), None)
         if day_key is None:
@@ -405,7 +405,10 @@ class Ingestor:
     def _state_line(self, record: Record, event: dict[str, Any], occurred: float,
                     keys: Sequence[str], correction: dict[str, Any] | None,
                     position: int, batch: _Batch) -> None:
-        """The audit statement line of an applied event (or correction)."""
+        """The audit statement line of an applied event (or correction). Corrections get
+        one even without ``ledger.statements``: it is how a repeated one is recognised."""
+        if not (self.statements or correction is not None):
+            return
         key = self._line_key(event, keys, occurred)
         if key is None:
             return

@@ -164,8 +164,10 @@ class LedgerRules(_Strict):
 
     enabled: bool = Field(True, description="Events naming a CRM record feed the ledger; "
                           "deletions, reassignments and amount updates correct the KPIs.")
-    statements: bool = Field(True, description="Keep a line per counted event for audit "
-                             "statements (kept as long as day buckets: retention.day).")
+    statements: bool = Field(False, description="Keep a line per counted event for audit "
+                             "statements (kept as long as day buckets: retention.day); "
+                             "off by default: it about halves single-event throughput "
+                             "(docs/ledger.md).")
     revoke_on_retraction: bool = Field(
         False, description="A correction that takes a threshold or target award back below its "
         "goal emits achievement_revoked with the award's id (default: awards stand).")

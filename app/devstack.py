@@ -157,12 +157,15 @@ def _stop_all(started: list[tuple[str, ManagedProcess]]) -> None:
 
 def _demo_config(settings: Settings, workdir: Path) -> Path:
     """The configured KPI model with ``catch_up`` covering the simulator's history, so the
-    worker reviews those closed days (streaks, personal bests, last week's ranks)."""
+    worker reviews those closed days (streaks, personal bests, last week's ranks), and with
+    audit statements on."""
     model = yaml.safe_load(settings.config.read_text(encoding="utf-8"))
     model["catch_up"] = f"{DEMO_HISTORY_DAYS + 1}d"
+    model.setdefault("ledger", {})["statements"] = True  # the demo shows audit statements
     path = workdir / "pulse.yaml"
     path.write_text(f"# crm-pulse dev: {settings.config} with catch_up for the simulator's "
-                    f"history\n" + yaml.safe_dump(model, sort_keys=False), encoding="utf-8")
+                    f"history and audit statements\n" + yaml.safe_dump(model, sort_keys=False),
+                    encoding="utf-8")
     return path
 
 

@@ -50,8 +50,14 @@ def test_a_late_record_change_that_counts_nothing_still_reaches_the_ledger() -> 
     assert reasons(store.run(ingestor, [record(late, 1)])) == ["late"]
 
 
+def with_statements() -> Ingestor:
+    config = load_config(DEFAULT_CONFIG)
+    config = PulseConfig.model_validate({**config.model_dump(), "ledger": {"statements": True}})
+    return Ingestor(config, 65_536, 1, ROSTER.get)
+
+
 def test_corrections_change_the_period_where_the_line_was_earned() -> None:
-    ingestor, store = make_ingestor(), Store()
+    ingestor, store = with_statements(), Store()
     won = event("carol", "opportunity_won", "2026-11-20T10:00:00Z", amount=500,
                 record_type="opportunity", record_id="o-1")
     store.run(ingestor, [record(won, 0, arrival=NOON - 3 * 86_400)])
@@ -78,7 +84,7 @@ def test_corrections_only_from_the_ledger_and_within_retention() -> None:
 
 
 def test_a_correction_sent_again_after_the_dedup_horizon_counts_once() -> None:
-    ingestor, store = make_ingestor(), Store()
+    ingestor, store = make_ingestor(), Store()  # statements off: corrections get lines all the same
     won = event("carol", "opportunity_won", "2026-11-20T10:00:00Z", amount=500,
                 record_type="opportunity", record_id="o-1")
     store.run(ingestor, [record(won, 0, arrival=NOON - 3 * 86_400)])
@@ -110,7 +116,7 @@ def test_awards_stand_unless_revoke_on_retraction_is_set() -> None:
 
 def test_a_statement_line_whose_write_was_lost_is_written_by_the_replay() -> None:
     """A crash between a batch's changelog writes: the buckets landed, the line did not."""
-    ingestor, store = make_ingestor(), Store()
+    ingestor, store = with_statements(), Store()
     won = event("carol", "opportunity_won", amount=500, record_type="opportunity",
                 record_id="o-1")
     first = ingestor.fold([record(won, 0)], store.get)

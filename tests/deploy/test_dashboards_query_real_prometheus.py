@@ -251,6 +251,10 @@ def feed(settings: Settings, wave: int) -> None:
     crafted += [event(rep.user_id, "opportunity_won", occurred_at=now, amount=1000,
                       currency="EUR"),
                 event(agent.user_id, "case_resolved", occurred_at=now, source="dynamics365")]
+    # A meeting the CRM deletes again: the record ledger's correction (its metric).
+    meeting = {"record_type": "appointment", "record_id": f"m-{wave}"}
+    crafted += [event(rep.user_id, "meeting", occurred_at=now, **meeting),
+                event(rep.user_id, "meeting", occurred_at=now, action="deleted", **meeting)]
     records = [(e["user_id"].encode(), orjson.dumps(e)) for e in crafted]
     records += records[:2]  # two duplicate deliveries
     records.append((rep.user_id.encode(), b"{not json"))  # a poison record for the DLQ

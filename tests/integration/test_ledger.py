@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 CONFIG = """\
 timezone: UTC
 periods: [day, month]
+ledger: {statements: true}
 kpis:
   calls: {count: [call], count_on: completed}
   meetings: {count: [meeting]}
