@@ -19,7 +19,9 @@ deleted, and turns changes of the record into canonical compensating events for
 
 Corrections carry deterministic ids (hash of the record, the triggering event and the
 line), so a replay re-sends the same events and the ingest's duplicate check drops them.
-A correction changes counts and sums; distinct-value KPIs are not corrected.
+A correction changes counts and sums; distinct-value KPIs are not corrected. A record's
+value carries ``t``, the newest event time it has seen; :mod:`agents.retention` drops it
+once that is older than ``retention.day`` (its days can no longer be corrected).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -89,6 +92,7 @@ class Ledger:
                 result.duplicates += 1  # a replay (offset) or a redelivery (event id)
                 continue
             entry["o"] = offset
+            entry["t"] = max(entry.get("t", 0.0), _seconds(contribution["occurred_at"]))
             entry["ids"][contribution["event_id"]] = 1
             self._apply(entry, contribution, result.corrections)
             result.writes[key] = entry
@@ -145,6 +149,14 @@ def _parse(raw: bytes | None) -> dict[str, Any] | None:
     if not isinstance(message.get("sums") or {}, dict):
         return None
     return message
+
+
+def _seconds(occurred_at: str) -> float:
+    """POSIX seconds of an RFC 3339 time (0 when unreadable: expires first)."""
+    try:
+        return datetime.fromisoformat(occurred_at).timestamp()
+    except ValueError:
+        return 0.0
 
 
 def _empty(partition: int) -> dict[str, Any]:

@@ -398,8 +398,10 @@ def register_agents(pulse: Pulse) -> None:
 
     @app.timer(interval=600.0, name="kpi-retention")
     async def drop_expired_state() -> None:
-        """Delete buckets past retention and dedup memory past the horizon."""
-        for table, topic in ((kpi_table, pulse.activities), (group_table, pulse.groups)):
+        """Delete buckets past retention, dedup memory past the horizon and ledger records
+        whose days can no longer be corrected."""
+        for table, topic in ((kpi_table, pulse.activities), (group_table, pulse.groups),
+                             (ledger_table, pulse.records)):
             doomed = expired_keys(table.data.items(), settings.pulse, time.time(),
                                   _active_partitions(pulse, topic))
             if not doomed:

@@ -14,7 +14,8 @@ _DAY = 86_400
 
 def expired_keys(items: Iterable[tuple[str, Any]], config: PulseConfig, now: float,
                  partitions: set[int]) -> list[tuple[str, int]]:
-    """``(key, partition)`` of buckets and dedup memory that may be dropped at ``now``.
+    """``(key, partition)`` of buckets, dedup memory and ledger records that may be dropped
+    at ``now``.
 
     Only keys of ``partitions`` (the ones this worker owns) are considered, so a worker
     never writes tombstones for standby state. A day of slack covers timezones.
@@ -27,6 +28,10 @@ def expired_keys(items: Iterable[tuple[str, Any]], config: PulseConfig, now: flo
         if partition not in partitions:
             continue
         scope, label = key.split("|", 2)[:2]
+        if scope == "l":  # a ledger record: kept while its newest day can still be corrected
+            if value.get("t", now) < now - config.retention.day.total_seconds() - _DAY:
+                doomed.append((key, partition))
+            continue
         if scope == "s":
             if int(label) < oldest_seen_day:
                 doomed.append((key, partition))

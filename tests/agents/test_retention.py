@@ -27,13 +27,19 @@ def test_only_expired_keys_of_owned_partitions_are_dropped() -> None:
         "f||ana": {"p": 0, "o": 5, "r": {}},        # lifetime state: never expires
         "k||call_streak|ana": {"p": 0, "o": -1},
         "c|d:2026-10-01|ana": {"p": 0, "o": -1},    # a close marker expires with its period
+        "e|d:2026-10-01|492000|ana": {"p": 0, "o": 1, "lines": []},  # statement lines: a day
+        "e|d:2026-10-20|492500|ana": {"p": 0, "o": 1, "lines": []},
+        "l|opportunity|o-1": {"p": 1, "o": 4, "t": NOW - 30 * 86_400},  # ledger: correctable
+        "l|opportunity|o-2": {"p": 1, "o": 4, "t": NOW - 45 * 86_400},  # past retention.day
     }
     doomed = dict(expired_keys(items.items(), CONFIG, NOW, partitions={0, 1}))
     assert sorted(doomed) == sorted([
         "u|h:2026-11-18T10|ana",
         "u|d:2026-10-01|ana",
         "c|d:2026-10-01|ana",
+        "e|d:2026-10-01|492000|ana",
+        "l|opportunity|o-2",
         "t|w:2026-07-06|0|north",
         f"s|{TODAY - 9}|ana",
     ])
-    assert set(doomed.values()) == {0}
+    assert set(doomed.values()) == {0, 1}
