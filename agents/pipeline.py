@@ -10,7 +10,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -107,6 +107,11 @@ async def _acknowledged(pending: list[Any]) -> None:
         _crash_without_commit()
 
 
+def _untimed(records: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes, None]]:
+    """``(key, value)`` records for :func:`send_records`, stamped by the producer (now)."""
+    return [(key, value, None) for key, value in records]
+
+
 def _crash_without_commit() -> None:
     """Exit at once, leaving the batch unacked.
 
@@ -150,6 +155,36 @@ def _active_partitions(pulse: Pulse, topic: Any) -> set[int]:
     """The partitions of ``topic`` this worker owns (the state of their keys is here)."""
     name = topic.get_topic_name()
     return {tp.partition for tp in pulse.app.assignor.assigned_actives() if tp.topic == name}
+
+
+async def _settle(app: Any, stream: Any, events: list[Any],
+                  outputs: Callable[[], Iterable[tuple[Any, list[Any]]]], table: Any,
+                  writes: dict[str, dict[str, Any]],
+                  processed: Callable[[int, int], None] | None = None) -> None:
+    """Finish a batch: outputs first, state second, acks last. A crash can then repeat an
+    output (same ids), never lose one, and never commit a batch whose state is not stored.
+
+    ``outputs()`` gives ``(topic, [(key, value, timestamp or None), ...])``; it is built
+    inside the guard, so a failure there exits without commit too (``processed`` is told
+    each acked record's partition and offset).
+    """
+    try:
+        sent = []
+        for topic, records in outputs():
+            if records:
+                sent += await send_records(app.producer, topic.get_topic_name(), records)
+    except BaseException:
+        _crash_without_commit()
+    await _acknowledged(sent)
+    try:
+        state = await _store(app, table, writes)
+    except BaseException:
+        _crash_without_commit()
+    await _acknowledged(state)
+    for event in events:  # only now may these offsets be committed
+        await stream.ack(event)
+        if processed is not None:
+            processed(event.message.partition, event.message.offset)
 
 
 async def _store(app: Any, table: Any, writes: dict[str, dict[str, Any]]) -> list[Any]:
@@ -221,36 +256,22 @@ def register_agents(pulse: Pulse) -> None:
                 result = ingestor.fold(records, reader(kpi_table))
             except Exception:
                 _crash_without_commit()
-            # Outputs first, state second, acks last: a crash can repeat an output (same
-            # ids), never lose one, and never commit a batch whose state is not stored.
-            # Both go out as whole producer batches (app/tables.py); table values are set
-            # in memory before the first await of the state block.
-            try:
+            # Outputs and state go out as whole producer batches (app/tables.py); table
+            # values are set in memory before the first await of the state block.
+            def outputs(result: Any = result) -> list[tuple[Any, list[Any]]]:
                 emitted_at = time.time()
-                outputs = []
-                for topic, records in (
+                return [
                     (pulse.achievements, [(*award.record(emitted_at), None)
                                           for award in result.awards]),
-                    (pulse.dlq, [(key, value, None) for key, value in result.dead_letters]),
+                    (pulse.dlq, _untimed(result.dead_letters)),
                     (pulse.activities, result.forwards),
-                    (pulse.records, [(key, value, None) for key, value in result.records]),
-                    (pulse.groups, [(key, value, None) for key, value in group_feed.records(
-                        result.writes, roster_get)] if group_feed.enabled else []),
-                ):
-                    if records:
-                        outputs += await send_records(app.producer, topic.get_topic_name(),
-                                                      records)
-            except BaseException:
-                _crash_without_commit()
-            await _acknowledged(outputs)
-            try:
-                state = await _store(app, kpi_table, result.writes)
-            except BaseException:
-                _crash_without_commit()
-            await _acknowledged(state)
-            for event in events:  # only now may these offsets be committed
-                await stream.ack(event)
-                users_read.processed(event.message.partition, event.message.offset)
+                    (pulse.records, _untimed(result.records)),
+                    (pulse.groups, _untimed(group_feed.records(result.writes, roster_get))
+                     if group_feed.enabled else []),
+                ]
+
+            await _settle(app, stream, events, outputs, kpi_table, result.writes,
+                          users_read.processed)
             pulse.metrics.batch(result, time.monotonic() - started, time.time())
             pulse.serving.stage(result.writes, result.awards, changed=result.changed)
 
@@ -264,14 +285,8 @@ def register_agents(pulse: Pulse) -> None:
             writes = {}
             for partition, values in by_partition.items():
                 writes.update(apply_updates(values, partition, reader(group_table)))
-            try:
-                state = await _store(app, group_table, writes)
-            except BaseException:
-                _crash_without_commit()
-            await _acknowledged(state)
-            for event in events:
-                await stream.ack(event)
-                groups_read.processed(event.message.partition, event.message.offset)
+            await _settle(app, stream, events, lambda: [], group_table, writes,
+                          groups_read.processed)
 
     ledger = Ledger()
 
@@ -282,26 +297,16 @@ def register_agents(pulse: Pulse) -> None:
             result = ledger.fold(
                 [(e.message.partition, e.message.offset, e.value) for e in events],
                 reader(ledger_table))
-            letters = [dead_letter(Record(pulse.records.get_topic_name(), partition, offset,
-                                          time.time(), None, raw), rejection, None, raw or b"")
-                       for partition, offset, raw, rejection in result.rejected]
-            try:  # outputs first, state second, acks last (as the ingest)
-                outputs = []
-                for topic, records in ((pulse.activities, result.corrections),
-                                       (pulse.dlq, letters)):
-                    if records:
-                        outputs += await send_records(app.producer, topic.get_topic_name(),
-                                                      [(k, v, None) for k, v in records])
-            except BaseException:
-                _crash_without_commit()
-            await _acknowledged(outputs)
-            try:
-                state = await _store(app, ledger_table, result.writes)
-            except BaseException:
-                _crash_without_commit()
-            await _acknowledged(state)
-            for event in events:
-                await stream.ack(event)
+
+            def outputs(result: Any = result) -> list[tuple[Any, list[Any]]]:
+                letters = [dead_letter(Record(pulse.records.get_topic_name(), partition,
+                                              offset, time.time(), None, raw),
+                                       rejection, None, raw or b"")
+                           for partition, offset, raw, rejection in result.rejected]
+                return [(pulse.activities, _untimed(result.corrections)),
+                        (pulse.dlq, _untimed(letters))]
+
+            await _settle(app, stream, events, outputs, ledger_table, result.writes)
 
     closer = PeriodCloser(settings.pulse)
     team_rules = TeamRules(settings.pulse, settings.partitions)

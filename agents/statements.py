@@ -56,15 +56,15 @@ def fold_line(kpis: KpiFolder, bucket: dict[str, Any], line: dict[str, Any]) -> 
 
 def statement(kpis: KpiFolder, lines: list[dict[str, Any]]) -> dict[str, Any]:
     """Per KPI: its value and the lines behind it, each with what it contributed."""
-    total = new_bucket(0, -1)
+    alone = []  # one bucket per line: what it contributed; their union is the period
     by_kpi: dict[str, list[dict[str, Any]]] = {name: [] for name in kpis.names}
     for line in lines:
-        fold_line(kpis, total, line)
-        alone = new_bucket(0, -1)
-        fold_line(kpis, alone, line)
-        for kpi, amount in _contributions(alone):
+        bucket = new_bucket(0, -1)
+        fold_line(kpis, bucket, line)
+        alone.append(bucket)
+        for kpi, amount in _contributions(bucket):
             by_kpi[kpi].append({**_shown(line), "value": amount})
-    values = kpis.read([total])
+    values = kpis.read(alone)
     return {name: {"value": values[name], "lines": by_kpi[name]} if name not in kpis.ratios
             else {"value": values[name], "of": list(kpis.ratios[name])}
             for name in kpis.names}
