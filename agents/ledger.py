@@ -17,6 +17,11 @@ deleted, and turns changes of the record into canonical compensating events for
   field gets the difference;
 - anything else only adds its own line.
 
+The ingest writes a batch's messages as JSON arrays, one record per ledger partition and
+up to :data:`MESSAGES_PER_RECORD` messages (:func:`pack`): one Kafka record per event cost
+the ledger agent Faust's per-record path for every event. Single-message records are read
+too.
+
 Corrections carry deterministic ids (hash of the record, the triggering event and the
 line), so a replay re-sends the same events and the ingest's duplicate check drops them.
 A correction changes counts and sums; distinct-value KPIs are not corrected. A record's
@@ -37,6 +42,8 @@ import orjson
 from schemas.activity import Rejection
 
 SOURCE = "ledger"
+MESSAGES_PER_RECORD = 500
+"""Messages per ``crm.records`` record (~300 bytes each: well below a producer batch)."""
 REASONS = ("deleted", "reassigned", "updated")
 _FIELDS = ("event_id", "user_id", "type", "action", "occurred_at", "record_type", "record_id")
 
@@ -51,6 +58,25 @@ def record_key(event: dict[str, Any]) -> bytes | None:
     if not record_type or not record_id:
         return None
     return f"{record_type}|{record_id}".encode()
+
+
+def pack(messages: list[tuple[bytes, bytes]],
+         partition_of: Callable[[bytes], int]) -> list[tuple[bytes, bytes]]:
+    """``(record key, message)`` pairs as records of JSON arrays, one or more per partition.
+
+    Each record's key is its first message's key, so the producer's partitioner (the one
+    ``partition_of`` follows) sends it to the partition of all its messages; the messages
+    keep their order within the partition.
+    """
+    by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+    for key, value in messages:
+        by_partition.setdefault(partition_of(key), []).append((key, value))
+    records = []
+    for pairs in by_partition.values():
+        for start in range(0, len(pairs), MESSAGES_PER_RECORD):
+            chunk = pairs[start:start + MESSAGES_PER_RECORD]
+            records.append((chunk[0][0], b"[" + b",".join(value for _, value in chunk) + b"]"))
+    return records
 
 
 def correction_id(record: str, trigger: str, line: str, part: str) -> str:
@@ -74,28 +100,37 @@ class Ledger:
 
     def fold(self, messages: list[tuple[int, int, bytes]],
              read: Callable[[str], dict[str, Any] | None]) -> LedgerResult:
-        """``messages``: (partition, offset, value) in log order."""
+        """``messages``: (partition, offset, value) in log order; a value is one message or
+        a JSON array of them (:func:`pack`).
+
+        A record's offset at or below the one stored before this batch is a replay: the
+        messages of one record all apply in the same batch, so a stored offset covers them
+        all. Within the batch, event ids catch redeliveries.
+        """
         result = LedgerResult()
+        stored_offsets: dict[str, int] = {}
         for partition, offset, raw in messages:
-            contribution = _parse(raw)
-            if contribution is None:
-                result.rejected.append((partition, offset, raw, Rejection(
-                    "invalid_json", f"not a ledger message: needs {', '.join(_FIELDS)}")))
-                continue
-            key = ledger_key(contribution["record_type"], contribution["record_id"])
-            entry = result.writes.get(key)
-            if entry is None:
-                stored = read(key)
-                entry = _empty(partition) if stored is None else orjson.loads(
-                    orjson.dumps(stored))
-            if offset <= entry["o"] or contribution["event_id"] in entry["ids"]:
-                result.duplicates += 1  # a replay (offset) or a redelivery (event id)
-                continue
-            entry["o"] = offset
-            entry["t"] = max(entry.get("t", 0.0), _seconds(contribution["occurred_at"]))
-            entry["ids"][contribution["event_id"]] = 1
-            self._apply(entry, contribution, result.corrections)
-            result.writes[key] = entry
+            for index, contribution in _parse(raw):
+                if contribution is None:
+                    result.rejected.append((partition, offset, raw, Rejection(
+                        "invalid_json", f"message {index} is not a ledger message: needs "
+                        f"{', '.join(_FIELDS)}")))
+                    continue
+                key = ledger_key(contribution["record_type"], contribution["record_id"])
+                entry = result.writes.get(key)
+                if entry is None:
+                    stored = read(key)
+                    entry = _empty(partition) if stored is None else orjson.loads(
+                        orjson.dumps(stored))
+                    stored_offsets[key] = entry["o"]
+                if offset <= stored_offsets[key] or contribution["event_id"] in entry["ids"]:
+                    result.duplicates += 1  # a replay (offset) or a redelivery (event id)
+                    continue
+                entry["o"] = offset
+                entry["t"] = max(entry.get("t", 0.0), _seconds(contribution["occurred_at"]))
+                entry["ids"][contribution["event_id"]] = 1
+                self._apply(entry, contribution, result.corrections)
+                result.writes[key] = entry
         return result
 
     def _apply(self, entry: dict[str, Any], event: dict[str, Any],
@@ -136,13 +171,19 @@ class Ledger:
                         fix.update(line_id, line, event.get("sums") or {})
 
 
-def _parse(raw: bytes | None) -> dict[str, Any] | None:
-    """A ``crm.records`` message, or None when it is not one (only the ingest writes them,
-    but a stray producer must not stop the worker)."""
+def _parse(raw: bytes | None) -> list[tuple[int, dict[str, Any] | None]]:
+    """The ``(index, message)`` pairs of a ``crm.records`` value; ``None`` for each that is
+    not a message (only the ingest writes them, but a stray producer must not stop the
+    worker)."""
     try:
-        message = orjson.loads(raw or b"")
+        decoded = orjson.loads(raw or b"")
     except orjson.JSONDecodeError:
-        return None
+        return [(0, None)]
+    elements = decoded if isinstance(decoded, list) else [decoded]
+    return [(index, _message(element)) for index, element in enumerate(elements)]
+
+
+def _message(message: Any) -> dict[str, Any] | None:
     if not isinstance(message, dict) or not all(
             isinstance(message.get(name), str) for name in _FIELDS):
         return None

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from agents.group_view import GroupFeed, apply_updates, group_id
 from agents.ingest import Ingestor, Record, UserInfo, dead_letter, partition_of
-from agents.ledger import Ledger
+from agents.ledger import Ledger, pack
 from agents.period_close import PeriodCloser
 from agents.read_clock import ReadClock
 from agents.retention import expired_keys
@@ -219,6 +219,9 @@ def register_agents(pulse: Pulse) -> None:
 
     ingestor = Ingestor(settings.pulse, settings.max_event_bytes, settings.partitions,
                         roster_lookup)
+
+    def ledger_partition(key: bytes) -> int:
+        return partition_of(key, settings.partitions)
     group_feed = GroupFeed(settings.pulse)
     users_read, groups_read = ReadClock(), ReadClock()
 
@@ -265,7 +268,7 @@ def register_agents(pulse: Pulse) -> None:
                                           for award in result.awards]),
                     (pulse.dlq, _untimed(result.dead_letters)),
                     (pulse.activities, result.forwards),
-                    (pulse.records, _untimed(result.records)),
+                    (pulse.records, _untimed(pack(result.records, ledger_partition))),
                     (pulse.groups, _untimed(group_feed.records(result.writes, roster_get))
                      if group_feed.enabled else []),
                 ]

@@ -7,7 +7,8 @@ from typing import Any
 
 import orjson
 
-from agents.ledger import Ledger, LedgerResult, ledger_key
+from agents.ingest import partition_of
+from agents.ledger import MESSAGES_PER_RECORD, Ledger, LedgerResult, ledger_key, pack
 
 
 def message(event_id: str, user: str, action: str = "created", counted: bool = True,
@@ -105,3 +106,46 @@ def test_delete_of_an_unknown_record_is_recorded_not_an_error() -> None:
 def test_unreadable_messages_are_rejected_with_a_reason() -> None:
     result = Ledger().fold([(0, 0, b"not json"), (0, 1, b'{"event_id": 1}')], {}.get)
     assert [r[3].reason for r in result.rejected] == ["invalid_json", "invalid_json"]
+
+
+def _encoded(*messages: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    return [(f"{m['record_type']}|{m['record_id']}".encode(), orjson.dumps(m)) for m in messages]
+
+
+def test_pack_writes_one_array_per_partition_keyed_to_reach_that_partition() -> None:
+    messages = _encoded(*(message(f"e-{i}", "ann", record_id=f"o-{i % 7}")
+                          for i in range(2 * MESSAGES_PER_RECORD + 10)))
+    records = pack(messages, lambda key: partition_of(key, 4))
+    by_partition: dict[int, list[str]] = {}
+    for key, value in records:
+        elements = orjson.loads(value)
+        assert 1 <= len(elements) <= MESSAGES_PER_RECORD
+        for element in elements:  # every message travels with a key of its own partition
+            own = f"{element['record_type']}|{element['record_id']}".encode()
+            assert partition_of(own, 4) == partition_of(key, 4)
+        by_partition.setdefault(partition_of(key, 4), []).extend(e["event_id"] for e in elements)
+    for partition, ids in by_partition.items():  # order kept within a partition
+        assert ids == [orjson.loads(v)["event_id"] for k, v in messages
+                       if partition_of(k, 4) == partition]
+    assert sum(len(ids) for ids in by_partition.values()) == len(messages)
+
+
+def test_every_message_of_an_array_applies_and_a_replay_of_it_applies_none() -> None:
+    won = message("won-1", "ann", sums={"amount": 500})
+    moved = message("move-1", "bob", action="reassigned", counted=False, previous_owner="ann")
+    (_, array), = pack(_encoded(won, moved), lambda key: 0)
+    table: dict[str, Any] = {}
+    first = Ledger().fold([(0, 5, array)], table.get)
+    table.update(first.writes)
+    assert first.duplicates == 0 and len(first.corrections) == 2  # ann -1, bob +1
+    assert table[ledger_key("opportunity", "o-1")]["owners"] == ["ann", "bob"]
+    replay = Ledger().fold([(0, 5, array)], table.get)
+    assert replay.duplicates == 2 and not replay.writes and not replay.corrections
+
+
+def test_a_bad_element_of_an_array_is_rejected_by_index_and_the_rest_applies() -> None:
+    raw = b"[" + orjson.dumps(message("won-1", "ann")) + b',{"event_id": 1}]'
+    result = Ledger().fold([(0, 0, raw)], {}.get)
+    assert [(r[1], r[3].reason) for r in result.rejected] == [(0, "invalid_json")]
+    assert "message 1 " in result.rejected[0][3].message
+    assert list(result.writes) == [ledger_key("opportunity", "o-1")]
