@@ -24,6 +24,7 @@ from agents.team_rules import TeamRules
 from app.roster import parse_profile
 from app.tables import (
     collecting_sends,
+    decoded_items,
     delete_values,
     lazy_reader,
     reader,
@@ -410,7 +411,7 @@ def register_agents(pulse: Pulse) -> None:
         whose days can no longer be corrected."""
         for table, topic in ((kpi_table, pulse.activities), (group_table, pulse.groups),
                              (ledger_table, pulse.records)):
-            doomed = expired_keys(table.data.items(), settings.pulse, time.time(),
+            doomed = expired_keys(decoded_items(table), settings.pulse, time.time(),
                                   _active_partitions(pulse, topic))
             if not doomed:
                 continue

@@ -114,7 +114,8 @@ def create_app(settings: Settings) -> Pulse:
         records=app.topic(topics.records, partitions=settings.partitions, **raw),
         kpi_table=app.Table("kpi", partitions=settings.partitions, key_type=str),
         group_table=app.Table("groups", partitions=settings.partitions, key_type=str),
-        ledger_table=app.Table("ledger", partitions=settings.partitions, key_type=str),
+        ledger_table=app.Table("ledger", partitions=settings.partitions, key_type=str,
+                               value_type=bytes),  # JSON kept as bytes: app/tables.py
         roster_table=app.GlobalTable(
             "roster",
             partitions=settings.partitions,

@@ -97,10 +97,37 @@ def store_dict(table: Any) -> dict[Any, Any] | None:
     return None
 
 
+def holds_bytes(table: Any) -> bool:
+    """Whether ``table`` keeps its values as their JSON encoding (``value_type=bytes``).
+
+    For large tables read one key at a time (the record ledger): a value's JSON is ~5x
+    smaller than the dicts it decodes to, and its changelog record is the same bytes.
+    """
+    return table.value_serializer == "raw"
+
+
 def reader(table: Any) -> Callable[[Any], Any]:
-    """``key -> value or None`` of ``table``, without Faust's per-read bookkeeping."""
+    """``key -> value or None`` of ``table``, without Faust's per-read bookkeeping
+    (values kept as bytes are decoded)."""
     data = store_dict(table)
-    return table.get if data is None else data.get
+    get = table.get if data is None else data.get
+    if not holds_bytes(table):
+        return get
+    loads = orjson.loads
+
+    def decoded(key: Any) -> Any:
+        raw = get(key)
+        return None if raw is None else loads(raw)
+
+    return decoded
+
+
+def decoded_items(table: Any) -> Iterator[tuple[Any, Any]]:
+    """``(key, value)`` of every key in ``table`` (values kept as bytes are decoded)."""
+    items = table.data.items()
+    if not holds_bytes(table):
+        return iter(items)
+    return ((key, orjson.loads(raw)) for key, raw in items)
 
 
 def lazy_reader(table: Any) -> Callable[[Any], Any]:
@@ -122,20 +149,22 @@ async def write_values(table: Any, producer: Any,
     futures to await (deletes: :func:`delete_values`).
 
     Every value is set in memory before the first await, so no other task sees half a batch.
-    Table values must carry their changelog partition as ``p``.
+    Table values must carry their changelog partition as ``p``; a table that
+    :func:`holds_bytes` keeps their JSON.
     """
     data = store_dict(table)
+    dumps, as_bytes = orjson.dumps, holds_bytes(table)
     if data is None:  # not the memory store: Faust's own path
         with collecting_sends() as pending:
             for key, value in writes.items():
                 with changelog_partition(value["p"]):
-                    table[key] = value
+                    table[key] = dumps(value) if as_bytes else value
         return pending
     encoded: dict[int, list[tuple[bytes, bytes]]] = {}
-    dumps = orjson.dumps
     for key, value in writes.items():
-        data[key] = value
-        encoded.setdefault(value["p"], []).append((dumps(key), dumps(value)))
+        raw = dumps(value)
+        data[key] = raw if as_bytes else value
+        encoded.setdefault(value["p"], []).append((dumps(key), raw))
     return await _send_batches(table, producer, encoded)
 
 

@@ -18,7 +18,14 @@ from faust.types import TP
 from app.faust_app import create_app
 from app.kafka import bootstrap_servers, ensure_topics
 from app.settings import Settings
-from app.tables import delete_values, reader, store_dict, write_values
+from app.tables import (
+    decoded_items,
+    delete_values,
+    holds_bytes,
+    reader,
+    store_dict,
+    write_values,
+)
 from app.transport import FETCH_MAX_WAIT_MS, fetched_highwaters, seek_to_committed_or_start
 
 
@@ -62,6 +69,24 @@ def test_changelog_records_are_the_ones_faust_writes() -> None:
     assert reader(table)("missing") is None
     assert callable(pulse.app.producer._ensure_producer)
     assert callable(AIOKafkaProducer.create_batch) and callable(AIOKafkaProducer.send_batch)
+
+
+def test_the_ledger_keeps_its_values_as_the_json_its_changelog_carries() -> None:
+    """A ``value_type=bytes`` table: the store holds the changelog's JSON bytes (as Faust's
+    recovery restores them), readers get dicts."""
+    pulse = create_app(Settings(kafka="kafka://127.0.0.1:1"))
+    table, kpi = pulse.ledger_table, pulse.kpi_table
+    assert holds_bytes(table) and not holds_bytes(kpi)
+    topic = table.changelog_topic
+    value = {"p": 1, "o": 3, "owners": ["ann"], "t": 1.5}
+    raw = orjson.dumps(value)
+    assert pulse.app.serializers.loads_value(topic.value_type, raw,
+                                             serializer=topic.value_serializer) == raw
+    data = store_dict(table)
+    assert isinstance(data, dict)
+    data["l|opportunity|o-1"] = raw
+    assert reader(table)("l|opportunity|o-1") == value and reader(table)("missing") is None
+    assert dict(decoded_items(table)) == {"l|opportunity|o-1": value}
 
 
 class _Producer:
