@@ -106,6 +106,12 @@ def holds_bytes(table: Any) -> bool:
     return table.value_serializer == "raw"
 
 
+def compact(raw: bytes) -> bytes:
+    """A copy of ``raw`` that takes its own size: orjson 3.13's ``dumps`` result keeps its
+    whole 4 KiB output buffer (``tracemalloc``: 4,097 bytes for a 250-byte value)."""
+    return memoryview(raw).tobytes()
+
+
 def reader(table: Any) -> Callable[[Any], Any]:
     """``key -> value or None`` of ``table``, without Faust's per-read bookkeeping
     (values kept as bytes are decoded)."""
@@ -158,12 +164,12 @@ async def write_values(table: Any, producer: Any,
         with collecting_sends() as pending:
             for key, value in writes.items():
                 with changelog_partition(value["p"]):
-                    table[key] = dumps(value) if as_bytes else value
+                    table[key] = compact(dumps(value)) if as_bytes else value
         return pending
     encoded: dict[int, list[tuple[bytes, bytes]]] = {}
     for key, value in writes.items():
         raw = dumps(value)
-        data[key] = raw if as_bytes else value
+        data[key] = compact(raw) if as_bytes else value
         encoded.setdefault(value["p"], []).append((dumps(key), raw))
     return await _send_batches(table, producer, encoded)
 
