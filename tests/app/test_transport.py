@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import tracemalloc
 
 import aiokafka
 import faust
@@ -19,6 +20,7 @@ from app.faust_app import create_app
 from app.kafka import bootstrap_servers, ensure_topics
 from app.settings import Settings
 from app.tables import (
+    compact,
     decoded_items,
     delete_values,
     holds_bytes,
@@ -87,6 +89,17 @@ def test_the_ledger_keeps_its_values_as_the_json_its_changelog_carries() -> None
     data["l|opportunity|o-1"] = raw
     assert reader(table)("l|opportunity|o-1") == value and reader(table)("missing") is None
     assert dict(decoded_items(table)) == {"l|opportunity|o-1": value}
+
+
+def test_stored_ledger_values_take_their_own_size_not_orjsons_buffer() -> None:
+    raw = orjson.dumps({"p": 1, "o": 3, "owners": ["ann"], "lines": {"e-1": {"c": 1}}})
+    tracemalloc.start()
+    try:
+        kept = [compact(orjson.dumps(orjson.loads(raw))) for _ in range(1000)]
+        per_value = tracemalloc.get_traced_memory()[0] / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert kept[0] == raw and per_value < 4 * len(raw)
 
 
 class _Producer:
