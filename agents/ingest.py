@@ -211,9 +211,11 @@ class Ingestor:
             self._goals[prefix, role, event_type] = goals
         return goals
 
-    def fold(self, records: Sequence[Record],
-             read: Callable[[str], dict[str, Any] | None]) -> BatchResult:
-        batch = _Batch(read)
+    def fold(self, records: Sequence[Record], read: Callable[[str], dict[str, Any] | None],
+             private_reads: bool = False) -> BatchResult:
+        """``private_reads``: ``read`` returns a new value each time (decoded from bytes), so
+        the batch may change it without copying it first."""
+        batch = _Batch(read, private_reads)
         for record in records:
             self._fold_record(record, batch)
         batch.result.writes = {key: batch.values[key][1] for key in batch.dirty}
@@ -489,12 +491,14 @@ class _Batch:
     replays, so the events of one record (same offset) all apply. ``stored`` caches every
     table read of the batch, misses included (most dedup lookups are misses).
 
-    Stored values are copied before they change (:func:`_copy`): the table's own values
-    stay as they were until the batch is written back.
+    Stored values are copied before they change (:func:`_copy`) unless every read gives a
+    private value: the table's own values stay as they were until the batch is written back.
     """
 
-    def __init__(self, read: Callable[[str], dict[str, Any] | None]) -> None:
+    def __init__(self, read: Callable[[str], dict[str, Any] | None],
+                 private_reads: bool = False) -> None:
         self.read = read
+        self.copy = (lambda value: value) if private_reads else _copy
         self.values: dict[str, tuple[int, dict[str, Any]]] = {}
         self.stored: dict[str, dict[str, Any] | None] = {}
         self.dirty: set[str] = set()
@@ -524,7 +528,7 @@ class _Batch:
         stored = self._stored(key)
         if stored is None:
             return None
-        copy = _copy(stored)
+        copy = self.copy(stored)
         self.values[key] = (stored.get("o", -1), copy)
         return copy
 
@@ -538,7 +542,7 @@ class _Batch:
         if entry is None:
             stored = self._stored(key)
             entry = (-1, initial(record.partition)) if stored is None else (
-                stored["o"], _copy(stored))
+                stored["o"], self.copy(stored))
             self.values[key] = entry
         stored_offset, value = entry
         if record.offset <= stored_offset:

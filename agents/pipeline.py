@@ -25,7 +25,9 @@ from app.roster import parse_profile
 from app.tables import (
     collecting_sends,
     decoded_items,
+    decoder,
     delete_values,
+    holds_bytes,
     lazy_reader,
     reader,
     send_records,
@@ -152,6 +154,11 @@ def _settled(app: Any) -> bool:
             and not recovery.signal_recovery_start.is_set())
 
 
+def _is_bucket(key: str) -> bool:
+    """A user or team KPI bucket's key (what the serving layer shows)."""
+    return key.startswith(("u|", "t|"))
+
+
 def _active_partitions(pulse: Pulse, topic: Any) -> set[int]:
     """The partitions of ``topic`` this worker owns (the state of their keys is here)."""
     name = topic.get_topic_name()
@@ -257,7 +264,7 @@ def register_agents(pulse: Pulse) -> None:
                 for m in (e.message,)
             ]
             try:  # fold parks bad input itself; an exception here is a bug: replay, not skip
-                result = ingestor.fold(records, reader(kpi_table))
+                result = ingestor.fold(records, reader(kpi_table), holds_bytes(kpi_table))
             except Exception:
                 _crash_without_commit()
             # Outputs and state go out as whole producer batches (app/tables.py); table
@@ -339,7 +346,7 @@ def register_agents(pulse: Pulse) -> None:
             partition = partition_of(user_id.encode(), settings.partitions)
             if partition in users_home:
                 user_reviews.append(closer.review(profile, partition, users_home[partition],
-                                                  kpi_table.get))
+                                                  pulse.kpi_value))
         for (scope, group), members in groups.items() if team_rules.rules else ():
             partition = partition_of(group_id(scope, group).encode(), settings.partitions)
             if partition not in groups_home:
@@ -400,7 +407,7 @@ def register_agents(pulse: Pulse) -> None:
         served.update(owned)
         today = datetime.now(UTC).date()
         staged = pulse.serving.resync(
-            ((key, value) for key, value in list(kpi_table.data.items())
+            ((key, value) for key, value in decoded_items(kpi_table, _is_bucket)
              if isinstance(value, dict) and value.get("p") in owned), today)
         logger.info("serving: %d buckets of partitions %s staged for Redis", staged,
                     sorted(owned))
@@ -411,8 +418,8 @@ def register_agents(pulse: Pulse) -> None:
         whose days can no longer be corrected."""
         for table, topic in ((kpi_table, pulse.activities), (group_table, pulse.groups),
                              (ledger_table, pulse.records)):
-            doomed = expired_keys(decoded_items(table), settings.pulse, time.time(),
-                                  _active_partitions(pulse, topic))
+            doomed = expired_keys(table.data.items(), settings.pulse, time.time(),
+                                  _active_partitions(pulse, topic), decoder(table))
             if not doomed:
                 continue
             try:

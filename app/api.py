@@ -78,7 +78,7 @@ def register_api_views(pulse: Pulse, access: Access) -> None:
         """The team's buckets of ``period`` and whether they cover every partition."""
         topic = pulse.activities.get_topic_name()
         owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
-        local = [pulse.kpi_table.get(team_key(k, p, team_id))
+        local = [pulse.kpi_value(team_key(k, p, team_id))
                  for k in period.bucket_keys for p in range(settings.partitions)]
         if len(owned) == settings.partitions:
             return local, True
@@ -115,7 +115,7 @@ def register_api_views(pulse: Pulse, access: Access) -> None:
         @guarded(personal=True)
         async def get(self, request: Request, user_id: str) -> Response:
             kind, profile, _, period = user_period(request, user_id)
-            buckets = [pulse.kpi_table.get(user_key(k, user_id)) for k in period.bucket_keys]
+            buckets = [pulse.kpi_value(user_key(k, user_id)) for k in period.bucket_keys]
             if profile is None and not any(buckets):
                 raise EdgeError(404, "unknown_user", "no roster entry and no data")
             return self.json({
@@ -143,7 +143,7 @@ def register_api_views(pulse: Pulse, access: Access) -> None:
         @guarded(personal=True)
         async def get(self, request: Request, user_id: str) -> Response:
             _, profile, tz, period = user_period(request, user_id)
-            lines = period_lines(calendar, pulse.kpi_table.get, user_id, tz, period.start,
+            lines = period_lines(calendar, pulse.kpi_value, user_id, tz, period.start,
                                  period.end)
             if profile is None and not lines:
                 raise EdgeError(404, "unknown_user", "no roster entry and no data")
@@ -168,7 +168,7 @@ def register_api_views(pulse: Pulse, access: Access) -> None:
             lines = []
             for member in members:
                 tz = zone(member.get("timezone") or config.timezone)
-                lines += period_lines(calendar, pulse.kpi_table.get, member["user_id"], tz,
+                lines += period_lines(calendar, pulse.kpi_value, member["user_id"], tz,
                                       period.start, period.end)
             return statement_response(self, request, {
                 "team_id": team_id, "members": len(members), "period": period.as_dict(),
@@ -183,17 +183,17 @@ def register_api_views(pulse: Pulse, access: Access) -> None:
         @guarded(personal=True)
         async def get(self, request: Request, user_id: str) -> Response:
             profile = pulse.roster_table.get(user_id)
-            flags = pulse.kpi_table.get(flags_key(user_id))
+            flags = pulse.kpi_value(flags_key(user_id))
             tz = zone((profile or {}).get("timezone") or config.timezone)
             now = datetime.now(UTC)
             current = {kind: calendar.period(kind, now, tz).bucket_keys[0]
                        for kind in config.calendar_periods}
             if profile is None and flags is None and not any(
-                    pulse.kpi_table.get(user_key(key, user_id)) for key in current.values()):
+                    pulse.kpi_value(user_key(key, user_id)) for key in current.values()):
                 raise EdgeError(404, "unknown_user", "no roster entry and no data")
             goals = rules.progress(
                 (profile or {}).get("role"), current,
-                lambda key, kpi: rules.value(pulse.kpi_table.get(user_key(key, user_id)), kpi),
+                lambda key, kpi: rules.value(pulse.kpi_value(user_key(key, user_id)), kpi),
                 (flags or {}).get("r", {}))
             return self.json({"user_id": user_id, "goals": goals})
 

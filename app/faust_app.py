@@ -5,6 +5,7 @@ There is no module-level app: tests and the CLI call :func:`create_app`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,8 @@ class Pulse:
     roster_table: Any
     metrics: PulseMetrics = field(init=False)
     serving: ServingLayer = field(init=False)
+    kpi_value: Callable[[str], dict[str, Any] | None] = field(init=False)
+    """One KPI table value, decoded (the table keeps JSON bytes: app/tables.py)."""
 
 
 def create_app(settings: Settings) -> Pulse:
@@ -112,7 +115,8 @@ def create_app(settings: Settings) -> Pulse:
         roster_topic=app.topic(topics.roster, partitions=settings.partitions, **raw),
         groups=app.topic(topics.groups, partitions=settings.partitions, **raw),
         records=app.topic(topics.records, partitions=settings.partitions, **raw),
-        kpi_table=app.Table("kpi", partitions=settings.partitions, key_type=str),
+        kpi_table=app.Table("kpi", partitions=settings.partitions, key_type=str,
+                            value_type=bytes),  # JSON kept as bytes: app/tables.py
         group_table=app.Table("groups", partitions=settings.partitions, key_type=str),
         ledger_table=app.Table("ledger", partitions=settings.partitions, key_type=str,
                                value_type=bytes),  # JSON kept as bytes: app/tables.py
@@ -128,6 +132,7 @@ def create_app(settings: Settings) -> Pulse:
 
     pulse.metrics = PulseMetrics(pulse)
     pulse.serving = ServingLayer(settings, lazy_reader(pulse.roster_table))
+    pulse.kpi_value = lazy_reader(pulse.kpi_table)
     register_agents(pulse)
     register_views(pulse)
     return pulse

@@ -151,7 +151,7 @@ class StateCollector:
             tz = zone((team.timezone if team else None) or self.config.team_timezone)
             for kind in self.config.periods:
                 keys = self.calendar.period(kind, now, tz).bucket_keys
-                team_buckets[team_id, kind] = [self.pulse.kpi_table.get(team_key(k, p, team_id))
+                team_buckets[team_id, kind] = [self.pulse.kpi_value(team_key(k, p, team_id))
                                                for k in keys for p in owned]
         groups = [("team", team_id, [team_id], directory.members[team_id])
                   for team_id in directory.teams]
@@ -188,7 +188,7 @@ class StateCollector:
                     continue
                 tz = zone(member.get("timezone") or self.config.timezone)
                 for kind in kinds:
-                    buckets = [self.pulse.kpi_table.get(user_key(k, user_id))
+                    buckets = [self.pulse.kpi_value(user_key(k, user_id))
                                for k in self.calendar.period(kind, now, tz).bucket_keys]
                     if any(buckets):
                         for scope, group_id in (("team", team_id), ("office", office_id),

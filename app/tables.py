@@ -128,12 +128,15 @@ def reader(table: Any) -> Callable[[Any], Any]:
     return decoded
 
 
-def decoded_items(table: Any) -> Iterator[tuple[Any, Any]]:
-    """``(key, value)`` of every key in ``table`` (values kept as bytes are decoded)."""
-    items = table.data.items()
-    if not holds_bytes(table):
-        return iter(items)
-    return ((key, orjson.loads(raw)) for key, raw in items)
+def decoder(table: Any) -> Callable[[Any], Any] | None:
+    """How to read a stored value of ``table`` (``None``: it is stored as it is read)."""
+    return orjson.loads if holds_bytes(table) else None
+
+
+def decoded_items(table: Any, wanted: Callable[[Any], bool]) -> Iterator[tuple[Any, Any]]:
+    """``(key, value)`` of each ``wanted`` key of ``table``, decoded where stored as bytes."""
+    decode = decoder(table) or (lambda value: value)
+    return ((key, decode(raw)) for key, raw in table.data.items() if wanted(key))
 
 
 def lazy_reader(table: Any) -> Callable[[Any], Any]:

@@ -1,5 +1,7 @@
 from datetime import UTC, datetime
 
+import orjson
+
 from agents.retention import expired_keys
 from app.config import load_config
 from app.settings import DEFAULT_CONFIG
@@ -43,3 +45,22 @@ def test_only_expired_keys_of_owned_partitions_are_dropped() -> None:
         f"s|{TODAY - 9}|ana",
     ])
     assert set(doomed.values()) == {0, 1}
+
+
+def test_encoded_values_are_decoded_only_where_the_key_does_not_decide() -> None:
+    items = {
+        "u|d:2026-11-23|ana": orjson.dumps(bucket()),  # kept by its key: not decoded
+        f"s|{TODAY - 1}|ana": orjson.dumps({"p": 0, "ids": {}}),
+        "f||ana": orjson.dumps({"p": 0, "o": 5, "r": {}}),
+        "u|d:2026-10-01|ana": orjson.dumps(bucket()),  # expired: its partition is read
+        "l|opportunity|o-2": orjson.dumps({"p": 1, "o": 4, "t": NOW - 45 * 86_400}),
+    }
+    decoded: list[bytes] = []
+
+    def decode(raw: bytes) -> dict:
+        decoded.append(raw)
+        return orjson.loads(raw)
+
+    doomed = expired_keys(items.items(), CONFIG, NOW, {0, 1}, decode)
+    assert doomed == [("u|d:2026-10-01|ana", 0), ("l|opportunity|o-2", 1)]
+    assert decoded == [items["u|d:2026-10-01|ana"], items["l|opportunity|o-2"]]

@@ -49,9 +49,10 @@ def test_pinned_faust_still_has_the_overridden_hooks() -> None:
 
 
 def test_changelog_records_are_the_ones_faust_writes() -> None:
-    """app/tables.py writes orjson bytes; Faust's own path and its recovery agree."""
+    """app/tables.py writes orjson bytes; Faust's own path and its recovery agree (for a
+    table of dicts; the KPI and ledger tables keep bytes, see the next test)."""
     pulse = create_app(Settings(kafka="kafka://127.0.0.1:1"))
-    table = pulse.kpi_table
+    table = pulse.group_table
     topic = table.changelog_topic
     key = "u|d:2026-11-23|bob"
     value = {"p": 2, "o": 5, "n": {"calls": 1, "won": 2.5}, "s": {"features_used": ["x"]}}
@@ -73,12 +74,13 @@ def test_changelog_records_are_the_ones_faust_writes() -> None:
     assert callable(AIOKafkaProducer.create_batch) and callable(AIOKafkaProducer.send_batch)
 
 
-def test_the_ledger_keeps_its_values_as_the_json_its_changelog_carries() -> None:
-    """A ``value_type=bytes`` table: the store holds the changelog's JSON bytes (as Faust's
-    recovery restores them), readers get dicts."""
+def test_large_tables_keep_their_values_as_the_json_their_changelog_carries() -> None:
+    """``value_type=bytes`` tables (KPI, ledger): the store holds the changelog's JSON bytes
+    (as Faust's recovery restores them), readers get dicts."""
     pulse = create_app(Settings(kafka="kafka://127.0.0.1:1"))
-    table, kpi = pulse.ledger_table, pulse.kpi_table
-    assert holds_bytes(table) and not holds_bytes(kpi)
+    table = pulse.ledger_table
+    assert holds_bytes(table) and holds_bytes(pulse.kpi_table)
+    assert not holds_bytes(pulse.group_table)
     topic = table.changelog_topic
     value = {"p": 1, "o": 3, "owners": ["ann"], "t": 1.5}
     raw = orjson.dumps(value)
@@ -88,7 +90,9 @@ def test_the_ledger_keeps_its_values_as_the_json_its_changelog_carries() -> None
     assert isinstance(data, dict)
     data["l|opportunity|o-1"] = raw
     assert reader(table)("l|opportunity|o-1") == value and reader(table)("missing") is None
-    assert dict(decoded_items(table)) == {"l|opportunity|o-1": value}
+    data["l|opportunity|o-2"] = orjson.dumps({"p": 0})
+    assert dict(decoded_items(table, lambda key: key.endswith("1"))) == {
+        "l|opportunity|o-1": value}
 
 
 def test_stored_ledger_values_take_their_own_size_not_orjsons_buffer() -> None:
@@ -117,7 +121,7 @@ def test_batched_changelog_writes_land_on_their_partitions(make_settings) -> Non
     settings = make_settings(partitions=2)
     ensure_topics(settings)
     pulse = create_app(settings)
-    table = pulse.kpi_table
+    table = pulse.group_table
     name = table.changelog_topic.get_topic_name()
     bootstrap = bootstrap_servers(settings.kafka)
     from kafka.admin import KafkaAdminClient, NewTopic
