@@ -80,8 +80,9 @@ class BatchResult:
     bucket is new); for the serving layer, which then rewrites only those."""
     dead_letters: list[tuple[bytes, bytes]] = field(default_factory=list)
     forwards: list[tuple[bytes, bytes, float]] = field(default_factory=list)
-    records: list[tuple[bytes, bytes]] = field(default_factory=list)
-    """Events naming a CRM record, for the ledger (``crm.records``, keyed by record)."""
+    records: list[tuple[bytes, dict[str, Any]]] = field(default_factory=list)
+    """Messages about events naming a CRM record, for the ledger (``crm.records``, keyed by
+    record; :func:`agents.ledger.pack` encodes them)."""
     awards: list[Award] = field(default_factory=list)
     applied: int = 0
     duplicates: int = 0
@@ -382,7 +383,7 @@ class Ingestor:
         message["counted"] = contributes
         message["sums"] = {name: value for name in self.value_fields
                            if _is_number(value := event.get(name))}
-        result.records.append((key, orjson.dumps(message)))
+        result.records.append((key, message))
 
     def _corrected_before(self, event: dict[str, Any], keys: Sequence[str], occurred: float,
                           position: int, batch: _Batch) -> bool:

@@ -60,7 +60,7 @@ def record_key(event: dict[str, Any]) -> bytes | None:
     return f"{record_type}|{record_id}".encode()
 
 
-def pack(messages: list[tuple[bytes, bytes]],
+def pack(messages: list[tuple[bytes, dict[str, Any]]],
          partition_of: Callable[[bytes], int]) -> list[tuple[bytes, bytes]]:
     """``(record key, message)`` pairs as records of JSON arrays, one or more per partition.
 
@@ -68,14 +68,14 @@ def pack(messages: list[tuple[bytes, bytes]],
     ``partition_of`` follows) sends it to the partition of all its messages; the messages
     keep their order within the partition.
     """
-    by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
-    for key, value in messages:
-        by_partition.setdefault(partition_of(key), []).append((key, value))
+    by_partition: dict[int, list[tuple[bytes, dict[str, Any]]]] = {}
+    for key, message in messages:
+        by_partition.setdefault(partition_of(key), []).append((key, message))
     records = []
     for pairs in by_partition.values():
         for start in range(0, len(pairs), MESSAGES_PER_RECORD):
             chunk = pairs[start:start + MESSAGES_PER_RECORD]
-            records.append((chunk[0][0], b"[" + b",".join(value for _, value in chunk) + b"]"))
+            records.append((chunk[0][0], orjson.dumps([message for _, message in chunk])))
     return records
 
 
