@@ -43,6 +43,10 @@ def guarded(broker, redis_server, tmp_path_factory) -> Any:
     worker = start_worker(settings, log)
     try:
         wait_ready(settings, 120, process=worker)
+        # Ready means the tables are recovered; the roster topic may still be being read
+        # (a new deployment): the API knows ana only once her profile is in.
+        wait_until(lambda: call(settings, "/api/kpis/users/ana", BEARER)[0] == 200, 60,
+                   "ana's roster entry", log=log)
         yield settings, log
     finally:
         worker.stop()
