@@ -72,6 +72,11 @@ def hooks(broker, tmp_path_factory) -> Any:
     worker = start_worker(settings, tmp / "worker.log")
     try:
         wait_ready(settings, 120, process=worker)
+        # Ready means the tables are recovered; the roster topic may still be being read
+        # (a new deployment), and the adapters map vendor owners through the roster.
+        for user_id in ("dora", "hugo", "sara", "piet"):
+            wait_until(lambda user_id=user_id: known(settings, user_id), 60,
+                       f"{user_id}'s roster entry", process=worker)
         yield settings
     finally:
         worker.stop()
@@ -88,6 +93,16 @@ def post(settings: Settings, path: str, body: bytes, headers: dict[str, str] | N
             return response.status, response.read(), dict(response.headers)
     except urllib.error.HTTPError as error:
         return error.code, error.read(), dict(error.headers)
+
+
+def known(settings: Settings, user_id: str) -> bool:
+    """Whether the worker's API knows ``user_id`` (a roster entry or data)."""
+    try:
+        with urllib.request.urlopen(f"{settings.web_url}/api/kpis/users/{user_id}",
+                                    timeout=15) as response:
+            return response.status == 200
+    except urllib.error.HTTPError:
+        return False
 
 
 def kpis(settings: Settings, user_id: str) -> dict[str, float]:
