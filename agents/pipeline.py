@@ -230,6 +230,7 @@ def register_agents(pulse: Pulse) -> None:
 
     def ledger_partition(key: bytes) -> int:
         return partition_of(key, settings.partitions)
+
     group_feed = GroupFeed(settings.pulse)
     users_read, groups_read = ReadClock(), ReadClock()
 

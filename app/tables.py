@@ -100,8 +100,8 @@ def store_dict(table: Any) -> dict[Any, Any] | None:
 def holds_bytes(table: Any) -> bool:
     """Whether ``table`` keeps its values as their JSON encoding (``value_type=bytes``).
 
-    For large tables read one key at a time (the record ledger): a value's JSON is ~5x
-    smaller than the dicts it decodes to, and its changelog record is the same bytes.
+    For the large tables (KPI, ledger): a value's JSON takes a fraction of the memory of
+    the dicts it decodes to, and its changelog record is the same bytes.
     """
     return table.value_serializer == "raw"
 
