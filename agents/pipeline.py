@@ -21,6 +21,7 @@ from agents.period_close import PeriodCloser
 from agents.read_clock import ReadClock
 from agents.retention import expired_keys
 from agents.team_rules import TeamRules
+from app.drain import current
 from app.roster import parse_profile
 from app.tables import (
     collecting_sends,
@@ -47,41 +48,47 @@ async def _batches(stream: Any, max_size: int, within: float,
                    max_bytes: int = BATCH_MAX_BYTES) -> AsyncIterator[list[Any]]:
     """Batches of unacked events: up to ``max_size`` records or ``max_bytes`` of record
     values (arrays of events make records large: the memory of a fold follows the bytes),
-    waiting at most ``within`` seconds.
+    waiting at most ``within`` seconds. The caller acks exactly the events it processed
+    (``stream.ack``).
 
-    Not ``stream.take_events``: it acks every event in its buffer after the body, and once
-    the body awaits (we wait for the broker's acknowledgements), a late buffer task can add
-    events the body never saw, which then get acked and committed unprocessed. Here the
-    caller acks exactly the events it processed (``stream.ack``).
+    The events come straight from the queue Faust's conductor fills for the agent's stream,
+    not through the stream's iterator (a ``sleep(0)``, sensors and a context variable per
+    event). ``app.drain.current`` does what the iterator did that matters: stale events
+    (flow suspended, or an earlier generation) are dropped, never acked, and the others
+    tracked. Not ``stream.take_events`` either: it acks every event in its buffer after the
+    body, including ones a late buffer task added while the body awaited.
     """
-    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max_size)
-
-    async def pump() -> None:
-        async for event in stream.noack().events():
-            await queue.put(event)
-
-    pumping = asyncio.ensure_future(pump())
+    app, queue = stream.app, stream.channel.queue
     loop = asyncio.get_running_loop()
+
+    def taken(event: Any) -> bool:
+        return current(app, event.message)
+
     try:
         while True:
-            batch = [await queue.get()]
+            first = await queue.get()
+            if not taken(first):
+                continue
+            batch = [first]
             deadline = loop.time() + within
-            size = len(batch[0].value or b"")
+            size = len(first.value or b"")
             while len(batch) < max_size and size < max_bytes:
                 if queue.empty():
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         break
                     try:
-                        batch.append(await asyncio.wait_for(queue.get(), remaining))
+                        event = await asyncio.wait_for(queue.get(), remaining)
                     except TimeoutError:
                         break
                 else:
-                    batch.append(queue.get_nowait())
-                size += len(batch[-1].value or b"")
+                    event = queue.get_nowait()
+                if taken(event):
+                    batch.append(event)
+                    size += len(event.value or b"")
             yield batch
-    finally:
-        pumping.cancel()
+    except StopAsyncIteration:  # the channel stops (the worker stops): so does the stream
+        return
 
 
 # Young-generation size of the cyclic garbage collector while the ingest runs (CPython's

@@ -1,5 +1,6 @@
 """Faust's aiokafka transport: log ends from Fetch responses, uncommitted partitions read
-from their first offset, and a shorter fetch wait.
+from their first offset, a shorter fetch wait, and a lean drain loop that never acks a
+record of an earlier consumer generation (``app/drain.py``).
 
 Log-end offsets. Table recovery reads each changelog partition up to its highwater, which
 Faust asks for with ListOffsets(latest). The tansu broker answers that with the last *batch's* base
@@ -36,6 +37,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+
+from app.drain import drain_messages
 
 FETCH_DEADLINE_S = 10.0
 FETCH_MAX_WAIT_MS = 100
@@ -102,10 +105,23 @@ class LogEndConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class LogEndFetchWaitConsumer(faust_aiokafka.Consumer):
-    """Faust's consumer with :class:`LogEndConsumerThread` (log ends, fetch wait)."""
+    """Faust's consumer with :class:`LogEndConsumerThread` (log ends, fetch wait) and the
+    drain loop of ``app/drain.py``."""
 
     def _new_consumer_thread(self) -> LogEndConsumerThread:
         return LogEndConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        await drain_messages(self, fetcher)
+
+    def ack(self, message: Any) -> bool:
+        """Faust's ack, refused for a record of an earlier generation: it is fetched again
+        from the committed offset, and acking the stale copy could let a commit pass the
+        records before it (Faust's stream acks the stale records it skips)."""
+        if message.generation_id != self.app.consumer_generation_id:
+            self._unacked_messages.discard(message)
+            return False
+        return super().ack(message)
 
 
 class Transport(faust_aiokafka.Transport):

@@ -4,39 +4,72 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from agents.pipeline import _batches
 
 
 @dataclass
+class _Message:
+    offset: int
+    generation_id: int = 1
+    tracked: bool = False
+
+
+@dataclass
 class _Event:
     offset: int
     value: bytes = b"x"
+    generation: int = 1
+
+    def __post_init__(self) -> None:
+        self.message = _Message(self.offset, self.generation)
+
+
+class _FlowControl:
+    def __init__(self) -> None:
+        self.active = True
+
+    def is_active(self) -> bool:
+        return self.active
+
+
+class _Consumer:
+    def __init__(self) -> None:
+        self.tracked: list[int] = []
+
+    def track_message(self, message: _Message) -> None:
+        self.tracked.append(message.offset)
+
+
+class _App:
+    """What _batches reads of the Faust app: flow control, generation, consumer."""
+
+    def __init__(self) -> None:
+        self.flow_control = _FlowControl()
+        self.consumer_generation_id = 1
+        self.consumer = _Consumer()
 
 
 class _Stream:
-    """What _batches uses of a Faust stream: ``noack().events()``."""
+    """What _batches uses of a Faust stream: its app and the queue of its channel."""
 
-    def __init__(self, events: list[_Event]) -> None:
-        self._events = events
-
-    def noack(self) -> _Stream:
-        return self
-
-    async def events(self) -> Any:
-        for event in self._events:
-            yield event
-        await asyncio.sleep(3600)  # a stream does not end
+    def __init__(self, events: list[_Event], app: _App | None = None) -> None:
+        self.app = app or _App()
+        self.channel = SimpleNamespace(queue=asyncio.Queue())
+        for event in events:
+            self.channel.queue.put_nowait(event)
 
 
-def _sizes(events: list[_Event], **limits: Any) -> list[list[int]]:
+def _sizes(events: list[_Event], stream: _Stream | None = None, batches: int = 2,
+           **limits: Any) -> list[list[int]]:
     async def scenario() -> list[list[int]]:
-        batches = _batches(_Stream(events), **limits)
+        taken = _batches(stream or _Stream(events), **limits)
         got = []
-        for _ in range(2):
-            got.append([e.offset for e in await anext(batches)])
-        await batches.aclose()
+        for _ in range(batches):
+            got.append([e.offset for e in await anext(taken)])
+        await taken.aclose()
         return got
 
     return asyncio.run(scenario())
@@ -51,6 +84,41 @@ def test_batches_stop_at_max_bytes() -> None:
     events = [_Event(i, b"x" * 40) for i in range(6)]
     assert _sizes(events, max_size=100, within=0.05, max_bytes=100) == [
         [0, 1, 2], [3, 4, 5]]  # 120 bytes reach the 100-byte cap
+
+
+def test_events_of_an_earlier_generation_are_dropped_untracked() -> None:
+    """Fetched before a rebalance: the new assignment reads them again from the committed
+    offset, so they must be neither processed nor acked (tracking would make them wait)."""
+    stream = _Stream([_Event(0, generation=1), _Event(1, generation=2), _Event(2, generation=2),
+                      _Event(3, generation=1), _Event(4, generation=2)])
+    stream.app.consumer_generation_id = 2
+    assert _sizes([], stream, batches=1, max_size=10, within=0.05) == [[1, 2, 4]]
+    assert stream.app.consumer.tracked == [1, 2, 4]
+
+
+def test_events_taken_while_the_flow_is_suspended_are_dropped() -> None:
+    stream = _Stream([_Event(i) for i in range(5)])
+    answers = iter([False] * 3)  # suspended (a rebalance) for the first three, then resumed
+    stream.app.flow_control.is_active = lambda: next(answers, True)
+    assert _sizes([], stream, batches=1, max_size=10, within=0.05) == [[3, 4]]
+    assert stream.app.consumer.tracked == [3, 4]
+
+
+def test_batches_end_when_the_channel_stops() -> None:
+    """A stopping worker throws StopAsyncIteration into the channel's queue; the agent must
+    end, not crash and be restarted (that kept workers from stopping on SIGTERM)."""
+
+    class _StoppedQueue(asyncio.Queue):
+        async def get(self) -> Any:
+            raise StopAsyncIteration
+
+    stream = _Stream([])
+    stream.channel.queue = _StoppedQueue()
+
+    async def drain() -> list[Any]:
+        return [batch async for batch in _batches(stream, max_size=10, within=0.05)]
+
+    assert asyncio.run(asyncio.wait_for(drain(), 5)) == []
 
 
 def test_the_ingest_raises_the_young_generation_threshold_only() -> None:

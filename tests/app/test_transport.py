@@ -287,3 +287,46 @@ def test_a_partition_the_group_never_committed_is_read_from_its_first_record(
 
     position, read = asyncio.run(asyncio.wait_for(scenario(), 60))
     assert (position, read) == (0, 3)
+
+
+def test_faust_internals_the_drain_loop_uses_are_still_there() -> None:
+    """app/drain.py replaces Faust's drain loop and reads these; a new Faust must be re-read."""
+    from faust.streams import Stream
+    from faust.transport.conductor import Conductor
+    from faust.transport.consumer import Consumer
+
+    drain = inspect.getsource(Consumer._drain_messages)
+    for used in ("self._read_offset", "self._commit_every", "self._n_acked", "self._add_gap",
+                 "self.suspend_flow.wait()", "getmany(timeout=1.0)", "callback(message)"):
+        assert used in drain, used
+    assert "_tp_index" in inspect.getsource(Conductor._update_tp_index)
+    # The stream acks the stale events it skips: the reason for LogEndFetchWaitConsumer.ack.
+    stream_loop = inspect.getsource(Stream._py_aiter)
+    assert "message.generation_id != self.app.consumer_generation_id" in stream_loop
+    assert "do_ack or value is skipped_value" in stream_loop
+
+
+def test_a_record_of_an_earlier_generation_is_never_acked() -> None:
+    """A stale copy acked at an offset past the committed one would let the next commit pass
+    the re-fetched records before it: lost if the worker then dies."""
+    from faust.types.tuples import ConsumerMessage
+
+    pulse = create_app(Settings(kafka="kafka://127.0.0.1:1"))
+    app, topic = pulse.app, pulse.activities.get_topic_name()
+    consumer = app.consumer
+    app.topics._acking_topics.add(topic)  # what subscribing the ingest agent does
+    tp = TP(topic, 0)
+
+    def fetched(offset: int, generation: int) -> ConsumerMessage:
+        message = ConsumerMessage(topic, 0, offset, 0.0, 0, [], b"k", b"v", None, 1, 1, tp,
+                                  generation_id=generation)
+        consumer.track_message(message)
+        return message
+
+    app.consumer_generation_id = 3
+    stale, fresh = fetched(150, 2), fetched(100, 3)
+    assert consumer.ack(stale) is False
+    assert stale not in consumer.unacked  # a rebalance does not wait for it
+    assert consumer.ack(fresh) is True
+    assert consumer._acked[tp] == [100]
+    assert consumer._new_offset(tp) == 101  # not 151
