@@ -21,7 +21,7 @@ from agents.period_close import PeriodCloser
 from agents.read_clock import ReadClock
 from agents.retention import expired_keys
 from agents.team_rules import TeamRules
-from app.drain import current
+from app.drain import current, keep_through_resume
 from app.roster import parse_profile
 from app.tables import (
     collecting_sends,
@@ -55,10 +55,13 @@ async def _batches(stream: Any, max_size: int, within: float,
     not through the stream's iterator (a ``sleep(0)``, sensors and a context variable per
     event). ``app.drain.current`` does what the iterator did that matters: stale events
     (flow suspended, or an earlier generation) are dropped, never acked, and the others
-    tracked. Not ``stream.take_events`` either: it acks every event in its buffer after the
-    body, including ones a late buffer task added while the body awaited.
+    tracked; so the queue is kept when the flow resumes (``keep_through_resume``: Faust's
+    emptying it made holes in a partition's sequence). Not ``stream.take_events`` either:
+    it acks every event in its buffer after the body, including ones a late buffer task
+    added while the body awaited.
     """
     app, queue = stream.app, stream.channel.queue
+    keep_through_resume(app, queue)
     loop = asyncio.get_running_loop()
 
     def taken(event: Any) -> bool:

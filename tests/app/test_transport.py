@@ -330,3 +330,20 @@ def test_a_record_of_an_earlier_generation_is_never_acked() -> None:
     assert consumer.ack(fresh) is True
     assert consumer._acked[tp] == [100]
     assert consumer._new_offset(tp) == 101  # not 151
+
+
+def test_a_kept_queue_survives_the_flow_resuming_and_a_managed_one_does_not() -> None:
+    """Why agents/pipeline.py keeps its queues (app.drain.keep_through_resume): Faust's
+    flow control empties every managed queue on resume, records already read among them."""
+    from app.drain import keep_through_resume
+
+    app = create_app(Settings(kafka="kafka://127.0.0.1:1")).app
+    kept = app.FlowControlQueue(maxsize=10, clear_on_resume=True)
+    managed = app.FlowControlQueue(maxsize=10, clear_on_resume=True)
+    keep_through_resume(app, kept)
+    for queue in (kept, managed):
+        queue.put_nowait("record 778")
+    app.flow_control.suspend()
+    app.flow_control.resume()
+    assert kept.qsize() == 1
+    assert managed.qsize() == 0
