@@ -58,8 +58,9 @@ def keep_through_resume(app: Any, queue: Any) -> None:
 
 
 def _can_deliver_at_once(consumer: Any, tp: Any) -> bool:
-    """The conductor's callback for ``tp`` will not wait: every queue it fills has room
-    and the producer buffer is below its limit (the two places it can block)."""
+    """The conductor's callback for ``tp`` will not wait on a full queue or producer
+    buffer. (It can still wait for its lock, held while a rebalance updates the indices; the
+    loop then checks the flow and generation after the delivery, as after any other.)"""
     app = consumer.app
     buffer = app.producer.buffer
     if buffer.size > buffer.max_messages:
