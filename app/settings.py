@@ -53,7 +53,7 @@ class Settings(BaseSettings):
         524_288, description="Largest accepted webhook body (below the 1 MB record limit).")
     max_event_bytes: int = Field(65_536, description="Largest accepted single event.")
     batch_max: int = Field(10_000, description="Most records taken per processing batch.")
-    batch_within_s: float = Field(0.05, description="Longest wait to fill a batch (latency).")
+    batch_within_s: float = Field(0.02, description="Longest wait to fill a batch (latency).")
     session_timeout_s: float = Field(
         20.0, ge=3, description="Consumer session timeout: how soon a dead worker's partitions "
         "move (and how long a restarted worker may wait to rejoin).")

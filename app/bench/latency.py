@@ -11,6 +11,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import accumulate
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
@@ -73,7 +74,7 @@ async def measure_latency(settings: Settings, options: BenchOptions, people: Seq
     import aiohttp
 
     rng = random.Random(options.seed + 1)
-    weights = [hourly_rate(p) for p in people]
+    cumulative = list(accumulate(hourly_rate(p) for p in people))  # one sum, not one per event
     probes = probe_users(run, options.partitions)
     workers = {user: owner_url(partition) for partition, user in enumerate(probes)}
     outstanding: dict[str, deque[tuple[int, float, str]]] = {u: deque() for u in probes}
@@ -125,7 +126,7 @@ async def measure_latency(settings: Settings, options: BenchOptions, people: Seq
                     calls_sent[user] += 1
                     outstanding[user].append((calls_sent[user], time.perf_counter(), stamp))
                 else:
-                    person = rng.choices(people, weights=weights)[0]
+                    person = rng.choices(people, cum_weights=cumulative)[0]
                     event = generate_event(rng, person, now, sent, run=f"lat-{run}")
                 pending.append(await producer.send(
                     settings.topics.activities, orjson.dumps(event), key=event["user_id"].encode()))
