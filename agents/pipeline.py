@@ -24,6 +24,7 @@ from agents.team_rules import TeamRules
 from app.drain import current, keep_through_resume
 from app.roster import parse_profile
 from app.tables import (
+    changelog_partition,
     collecting_sends,
     decoded_items,
     decoder,
@@ -214,6 +215,35 @@ async def _store(app: Any, table: Any, writes: dict[str, dict[str, Any]]) -> lis
     return await write_values(table, app.producer, writes)
 
 
+async def mirror_roster(stream: Any, table: Any, max_size: int, within: float) -> None:
+    """Mirror ``crm.roster`` records into ``table`` (profiles, tombstones), batch by batch.
+
+    Read with :func:`_batches` like every other agent, so a rebalance cannot drop an update
+    (Faust's stream queue is emptied when the flow resumes). Each write goes to the
+    changelog partition of its roster record, and the batch is acked once the broker has
+    acknowledged every write.
+    """
+    async for events in _batches(stream, max_size, within):
+        with collecting_sends() as pending:
+            for event in events:
+                if event.key is None:
+                    continue
+                user_id = event.key.decode("utf-8", "replace")
+                with changelog_partition(event.message.partition):
+                    if event.value is None:
+                        table.pop(user_id, None)
+                        continue
+                    profile = parse_profile(event.value)
+                    if profile is None:
+                        logger.warning("roster: invalid profile at offset %d skipped",
+                                       event.message.offset)
+                        continue
+                    table[user_id] = profile.model_dump(exclude_none=True)
+        await _acknowledged(pending)
+        for event in events:
+            await stream.ack(event)
+
+
 def register_agents(pulse: Pulse) -> None:
     app, settings = pulse.app, pulse.settings
     roster_table, kpi_table, group_table, ledger_table = (
@@ -247,21 +277,7 @@ def register_agents(pulse: Pulse) -> None:
     @app.agent(pulse.roster_topic, name="roster-sync")
     async def roster_sync(stream: Any) -> None:
         """Mirror ``crm.roster`` into the roster GlobalTable every worker reads."""
-        async for event in stream.events():
-            if event.key is None:
-                continue
-            user_id = event.key.decode("utf-8", "replace")
-            with collecting_sends() as pending:
-                if event.value is None:
-                    roster_table.pop(user_id, None)
-                else:
-                    profile = parse_profile(event.value)
-                    if profile is None:
-                        logger.warning("roster: invalid profile at offset %d skipped",
-                                       event.message.offset)
-                        continue
-                    roster_table[user_id] = profile.model_dump(exclude_none=True)
-            await _acknowledged(pending)
+        await mirror_roster(stream, roster_table, settings.batch_max, settings.batch_within_s)
 
     @app.agent(pulse.activities, name="ingest")
     async def ingest(stream: Any) -> None:

@@ -1,4 +1,5 @@
-"""The ingest's batches (agents.pipeline._batches) and its GC setting."""
+"""The agents' batches (agents.pipeline._batches), the roster mirror that reads them, and the
+ingest's GC setting."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from agents.pipeline import _batches
+from agents.pipeline import _batches, mirror_roster
 
 
 @dataclass
@@ -15,13 +16,15 @@ class _Message:
     offset: int
     generation_id: int = 1
     tracked: bool = False
+    partition: int = 0
 
 
 @dataclass
 class _Event:
     offset: int
-    value: bytes = b"x"
+    value: bytes | None = b"x"
     generation: int = 1
+    key: bytes | None = None
 
     def __post_init__(self) -> None:
         self.message = _Message(self.offset, self.generation)
@@ -129,6 +132,44 @@ def test_batches_end_when_the_channel_stops() -> None:
         return [batch async for batch in _batches(stream, max_size=10, within=0.05)]
 
     assert asyncio.run(asyncio.wait_for(drain(), 5)) == []
+
+
+class _AckedStream(_Stream):
+    def __init__(self, events: list[_Event]) -> None:
+        super().__init__(events)
+        self.expected = len(events)
+        self.acked: list[int] = []
+        self.all_acked = asyncio.Event()
+
+    async def ack(self, event: _Event) -> None:
+        self.acked.append(event.offset)
+        if len(self.acked) == self.expected:
+            self.all_acked.set()
+
+
+def test_the_roster_mirror_reads_batches_and_acks_every_record() -> None:
+    """The roster agent reads through _batches (before, Faust's stream: its queue emptied
+    on a rebalance could drop an update): profiles set, tombstones delete, invalid
+    profiles and keyless records are skipped, and every record is acked."""
+    profile = b'{"user_id": "u1", "team_id": "t1"}'
+    stream = _AckedStream([
+        _Event(0, profile, key=b"u1"), _Event(1, b'{"user_id": "u2", "team_id": "t2"}', key=b"u2"),
+        _Event(2, None, key=b"u2"), _Event(3, b"not json", key=b"u3"), _Event(4, profile)])
+    table: dict[str, Any] = {"u9": {"user_id": "u9", "team_id": "t9"}}
+
+    async def mirror() -> None:
+        task = asyncio.create_task(mirror_roster(stream, table, max_size=10, within=0.01))
+        try:
+            await asyncio.wait_for(stream.all_acked.wait(), 5)
+        finally:
+            task.cancel()
+
+    asyncio.run(mirror())
+    assert stream.acked == [0, 1, 2, 3, 4]
+    assert table == {"u9": {"user_id": "u9", "team_id": "t9"},
+                     "u1": {"user_id": "u1", "team_id": "t1", "active": True,
+                            "leaderboard_opt_out": False}}
+    assert stream.channel.queue not in stream.app.flow_control._queues
 
 
 def test_the_ingest_raises_the_young_generation_threshold_only() -> None:
