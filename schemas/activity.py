@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -119,35 +120,61 @@ def parse_timestamp(value: Any, field: str = "occurred_at") -> float:
         raise Rejection(f"schema:{field}", f"{field} is not a calendar date-time") from None
 
 
-def _check_field(field: Field, value: Any) -> None:
+def _field_check(field: Field) -> tuple[Callable[[Any], bool], str]:
+    """The check of one field, compiled once from its schema, and what it expects."""
     schema = field.schema
     kind = schema["type"]
     if kind == "string":
-        ok = isinstance(value, str) and schema.get("minLength", 0) <= len(value) <= schema.get(
-            "maxLength", 10_000
-        )
-        if ok and "enum" in schema:
-            ok = value in schema["enum"]
-        if ok and field.name == "currency":
-            ok = _CURRENCY.match(value) is not None
-        expected = "one of " + ", ".join(schema["enum"]) if "enum" in schema else "a string"
-    elif kind == "number":
-        ok = (
-            isinstance(value, (int, float))
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-            and schema["minimum"] <= value <= schema["maximum"]
-        )
-        expected = f"a number in [{schema['minimum']:g}, {schema['maximum']:g}]"
-    else:
-        ok = isinstance(value, dict)
-        expected = "an object"
-    if not ok:
-        raise Rejection(f"schema:{field.name}", f"{field.name} must be {expected}")
+        low, high = schema.get("minLength", 0), schema.get("maxLength", 10_000)
+        if "enum" in schema:
+            allowed = frozenset(schema["enum"])
+            return (lambda value: isinstance(value, str) and value in allowed,
+                    "one of " + ", ".join(schema["enum"]))
+        if field.name == "currency":
+            match = _CURRENCY.match
+            return (lambda value: isinstance(value, str) and match(value) is not None,
+                    "a string")
+        return lambda value: isinstance(value, str) and low <= len(value) <= high, "a string"
+    if kind == "number":
+        low, high = schema["minimum"], schema["maximum"]
+        isfinite = math.isfinite
+        return (lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)
+                and isfinite(value) and low <= value <= high,
+                f"a number in [{low:g}, {high:g}]")
+    if "required" in schema:
+        return _object_check(schema)
+    return lambda value: isinstance(value, dict), "an object"
+
+
+def _object_check(schema: dict[str, Any]) -> tuple[Callable[[Any], bool], str]:
+    """An object with required members (``correction``): the members' own rules too."""
+    required, members = schema["required"], schema["properties"]
+
+    def member_ok(rule: dict[str, Any], value: Any) -> bool:
+        if "enum" in rule:
+            return not isinstance(value, bool) and value in rule["enum"]
+        return isinstance(value, dict if rule["type"] == "object" else str)
+
+    def check(value: Any) -> bool:
+        return (isinstance(value, dict) and all(name in value for name in required)
+                and all(member_ok(rule, value[name]) for name, rule in members.items()
+                        if name in value))
+
+    rules = ", ".join(f"{name} ({'/'.join(map(str, rule['enum']))})" if "enum" in rule
+                      else f"{name} ({rule['type']})" for name, rule in members.items())
+    return check, f"an object with {', '.join(required)}: {rules}"
+
+
+_CHECKS = {f.name: _field_check(f) for f in FIELDS}
 
 
 def validate_event(event: Any) -> dict[str, Any]:
     """Check one decoded event against :data:`FIELDS`; return it with defaults filled in."""
+    return checked_event(event)[0]
+
+
+def checked_event(event: Any) -> tuple[dict[str, Any], float]:
+    """:func:`validate_event`, and the event's ``occurred_at`` in POSIX seconds."""
     if not isinstance(event, dict):
         raise Rejection("schema:event", "an event must be a JSON object")
     for name in REQUIRED:
@@ -163,14 +190,16 @@ def validate_event(event: Any) -> dict[str, Any]:
             continue
         if value is None:
             absent.append(name)
-        else:
-            _check_field(field, value)
+            continue
+        check, expected = _CHECKS[name]
+        if not check(value):
+            raise Rejection(f"schema:{name}", f"{name} must be {expected}")
     for name in absent:
         del event[name]
-    parse_timestamp(event["occurred_at"])
+    occurred = parse_timestamp(event["occurred_at"])
     event.setdefault("action", "created")
     event.setdefault("source", "generic")
-    return event
+    return event, occurred
 
 
 def _nested_deeper(value: Any, limit: int) -> bool:
