@@ -35,10 +35,10 @@ from agents.periods import Calendar, zone
 from app.config import PulseConfig
 from schemas.activity import (
     Rejection,
+    checked_event,
     decode_events,
     element_bytes,
     normalise_type,
-    validate_event,
 )
 
 logger = logging.getLogger(__name__)
@@ -263,7 +263,7 @@ class Ingestor:
                       source if isinstance(source, str) else "unknown")
 
     def _fold_event(self, record: Record, index: int, element: Any, batch: _Batch) -> None:
-        event = validate_event(element)
+        event, occurred = checked_event(element)
         if len(record.value) > self.max_event_bytes and len(orjson.dumps(event)) > (
             self.max_event_bytes
         ):
@@ -281,7 +281,6 @@ class Ingestor:
         if profile is None and self.config.roster.strict:
             raise Rejection("unknown_user", "user_id is not in the roster (roster.strict)")
         event["type"] = normalise_type(event["type"], self.aliases)
-        occurred = datetime.fromisoformat(event["occurred_at"]).timestamp()
         keys, day_end = self.calendar.keys_for(
             occurred, zone((profile and profile.timezone) or self.default_tz))
         if occurred > record.timestamp + _DAY:
@@ -298,7 +297,8 @@ class Ingestor:
             batch.result.duplicates += 1
             return
         steps = self.kpis.steps_for(event["type"])
-        contributes = correction is not None or self.kpis.contributes(steps, event["action"])
+        plan = self.kpis.plan(event["type"], event["action"])
+        contributes = correction is not None or plan.contributes
         late = record.timestamp > day_end + self.grace
         if correction is not None:
             if record.timestamp - occurred > self.correctable:
@@ -326,10 +326,9 @@ class Ingestor:
                 continue
             applied = True
             if correction is None:
-                self.kpis.apply(bucket, steps, event)
+                self.kpis.apply(bucket, plan, event)
             else:
-                self.kpis.correct(bucket, steps, event["action"], correction["count"],
-                                  correction["sums"])
+                self.kpis.correct(bucket, plan, correction["count"], correction["sums"])
             touched = batch.touched.get(key)
             if touched is None:
                 touched = batch.touched[key] = set()
@@ -355,10 +354,9 @@ class Ingestor:
                 if bucket is None:
                     continue
                 if correction is None:
-                    self.kpis.apply(bucket, steps, event)
+                    self.kpis.apply(bucket, plan, event)
                 else:
-                    self.kpis.correct(bucket, steps, event["action"], correction["count"],
-                                      correction["sums"])
+                    self.kpis.correct(bucket, plan, correction["count"], correction["sums"])
         if contributes:  # its own key's watermark decides, as for every bucket
             self._state_line(record, event, occurred, keys, correction, position, batch)
         if not (applied or not steps):
@@ -439,10 +437,17 @@ class Ingestor:
         later offset may carry an earlier timestamp.
         """
         arrival_day = int(record.timestamp // _DAY)
-        get = batch.get
-        shard = digest[0]
+        values, stored, read = batch.values, batch.stored, batch.read  # _Batch.get, inlined
+        suffix = f"|{digest[0]}|{user_id}"
         for day in range(arrival_day - self.horizon_days, arrival_day + 2):
-            seen = get(f"s|{day}|{shard}|{user_id}")  # seen_key(day, digest, user_id)
+            key = f"s|{day}{suffix}"  # seen_key(day, digest, user_id)
+            entry = values.get(key)
+            if entry is not None:
+                seen = entry[1]
+            else:
+                seen = stored.get(key, _UNREAD)
+                if seen is _UNREAD:
+                    seen = stored[key] = read(key)
             if seen is not None:
                 position = seen["ids"].get(digest)
                 if position is not None:
@@ -546,9 +551,11 @@ class _Batch:
                 stored["o"], self.copy(stored))
             self.values[key] = entry
         stored_offset, value = entry
-        if record.offset <= stored_offset:
+        offset = record.offset
+        if offset <= stored_offset:
             return None
-        value["o"] = max(value["o"], record.offset)
+        if offset > value["o"]:
+            value["o"] = offset
         self.dirty.add(key)
         return value
 

@@ -23,12 +23,23 @@ class _Step:
     actions: frozenset[str]
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """The steps of one event type and action, by kind: what :meth:`KpiFolder.apply` does."""
+
+    counts: tuple[str, ...]
+    sums: tuple[tuple[str, str], ...]  # (kpi, event field)
+    distincts: tuple[tuple[str, str], ...]
+    contributes: bool  # some KPI counts this action
+
+
 class KpiFolder:
     """Applies events to buckets according to the configured KPIs."""
 
     def __init__(self, config: PulseConfig) -> None:
         self._by_type: dict[str, list[_Step]] = {}
         self._any_type: list[_Step] = []
+        self._plans: dict[tuple[str, str], _Plan] = {}
         self.names = tuple(config.kpis)
         self.ratios = {n: k.ratio for n, k in config.kpis.items() if k.ratio is not None}
         self.distinct = frozenset(n for n, k in config.kpis.items() if k.distinct is not None)
@@ -59,51 +70,51 @@ class KpiFolder:
             return steps or []
         return [*(steps or ()), *self._any_type]
 
+    def plan(self, event_type: str, action: str) -> _Plan:
+        """What an event of this type and action changes (remembered per pair)."""
+        plan = self._plans.get((event_type, action))
+        if plan is None:
+            steps = [step for step in self.steps_for(event_type) if action in step.actions]
+            plan = _Plan(
+                counts=tuple(step.kpi for step in steps if step.kind == "count"),
+                sums=tuple((step.kpi, step.field) for step in steps
+                           if step.kind == "sum" and step.field),
+                distincts=tuple((step.kpi, step.field) for step in steps
+                                if step.kind == "distinct" and step.field),
+                contributes=bool(steps))
+            if len(self._plans) > 10_000:
+                self._plans.clear()
+            self._plans[event_type, action] = plan
+        return plan
+
     @staticmethod
-    def apply(bucket: dict[str, Any], steps: Iterable[_Step], event: dict[str, Any]) -> None:
-        """Fold one event into ``bucket`` in place."""
-        action = event["action"]
-        for step in steps:
-            if action not in step.actions:
-                continue
-            if step.kind == "count":
-                numbers = bucket["n"]
-                numbers[step.kpi] = numbers.get(step.kpi, 0) + 1
-                continue
-            value = event.get(step.field) if step.field else None
-            if value is None:
-                continue
-            if step.kind == "sum":
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    numbers = bucket["n"]
-                    numbers[step.kpi] = numbers.get(step.kpi, 0) + value
-            elif isinstance(value, (str, int, float)):
-                values = bucket["s"].setdefault(step.kpi, [])
+    def apply(bucket: dict[str, Any], plan: _Plan, event: dict[str, Any]) -> None:
+        """Fold one event into ``bucket`` in place (``plan``: of its type and action)."""
+        numbers = bucket["n"]
+        for kpi in plan.counts:
+            numbers[kpi] = numbers.get(kpi, 0) + 1
+        for kpi, name in plan.sums:
+            value = event.get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                numbers[kpi] = numbers.get(kpi, 0) + value
+        for kpi, name in plan.distincts:
+            value = event.get(name)
+            if isinstance(value, (str, int, float)):
+                values = bucket["s"].setdefault(kpi, [])
                 if value not in values:
                     values.append(value)
 
     @staticmethod
-    def contributes(steps: Iterable[_Step], action: str) -> bool:
-        """Whether an event with ``action`` changes some KPI of ``steps``."""
-        return any(action in step.actions for step in steps)
-
-    @staticmethod
-    def correct(bucket: dict[str, Any], steps: Iterable[_Step], action: str, count: int,
+    def correct(bucket: dict[str, Any], plan: _Plan, count: int,
                 sums: dict[str, float]) -> None:
         """Fold a ledger correction in place: ``count`` into counts, ``sums`` (signed
         differences by field) into sums; distinct values are not corrected."""
         numbers = bucket["n"]
-        for step in steps:
-            if action not in step.actions:
-                continue
-            if step.kind == "count":
-                change = count
-            elif step.kind == "sum":
-                change = sums.get(step.field, 0) if step.field else 0
-            else:
-                continue
+        changes = [(kpi, count) for kpi in plan.counts]
+        changes += [(kpi, sums.get(name, 0)) for kpi, name in plan.sums]
+        for kpi, change in changes:
             if change:
-                numbers[step.kpi] = numbers.get(step.kpi, 0) + change
+                numbers[kpi] = numbers.get(kpi, 0) + change
 
     def read(self, buckets: Iterable[dict[str, Any] | None]) -> dict[str, float]:
         """KPI values of the union of ``buckets`` (periods and/or partitions)."""

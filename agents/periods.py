@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 from app.config import ROLLING_DAYS, WEEKDAYS
 
+_QUARTER_HOUR = 900
 PREFIX_OF_KIND = {"hour": "h", "day": "d", "week": "w", "month": "m", "quarter": "q", "year": "y"}
 KIND_OF_PREFIX = {prefix: kind for kind, prefix in PREFIX_OF_KIND.items()}
 
@@ -58,29 +59,30 @@ class Calendar:
     def __init__(self, kinds: tuple[str, ...], week_start: str = "monday") -> None:
         self.kinds = tuple(k for k in PREFIX_OF_KIND if k in kinds)
         self.week_start = WEEKDAYS.index(week_start)
-        self._day_cache: dict[tuple[str, date], tuple[tuple[str, ...], float]] = {}
+        self._slot_cache: dict[tuple[str, int], tuple[tuple[str, ...], float]] = {}
 
     # -- hot path -------------------------------------------------------------------------
 
     def keys_for(self, ts: float, tz: ZoneInfo) -> tuple[tuple[str, ...], float]:
         """Bucket keys of every calendar kind holding ``ts``, and the end of its local day.
 
-        Everything but the hour depends only on the local date, so it is cached per
-        (timezone, date): one ``fromtimestamp`` per event.
+        Cached per timezone and quarter hour of UTC: every UTC offset in use since 2000, and
+        every change of one, falls on a whole quarter hour, so the local date and hour are
+        the same throughout one.
         """
-        local = datetime.fromtimestamp(ts, tz)
-        day = local.date()
-        cached = self._day_cache.get((tz.key, day))
+        slot = (tz.key, int(ts // _QUARTER_HOUR))
+        cached = self._slot_cache.get(slot)
         if cached is None:
-            if len(self._day_cache) > 50_000:
-                self._day_cache.clear()
+            if len(self._slot_cache) > 50_000:
+                self._slot_cache.clear()
+            local = datetime.fromtimestamp(ts, tz)
+            day = local.date()
             keys = tuple(self._day_keys(day))
+            if "hour" in self.kinds:
+                keys = (f"h:{day.isoformat()}T{local.hour:02d}", *keys)
             day_end = _local_midnight(day + timedelta(days=1), tz).timestamp()
-            cached = self._day_cache[(tz.key, day)] = (keys, day_end)
-        keys, day_end = cached
-        if "hour" in self.kinds:
-            keys = (f"h:{day.isoformat()}T{local.hour:02d}", *keys)
-        return keys, day_end
+            cached = self._slot_cache[slot] = (keys, day_end)
+        return cached
 
     def _day_keys(self, day: date) -> list[str]:
         keys = []

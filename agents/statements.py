@@ -47,11 +47,11 @@ def period_lines(calendar: Calendar, read: Reader, user_id: str, tz: ZoneInfo,
 
 def fold_line(kpis: KpiFolder, bucket: dict[str, Any], line: dict[str, Any]) -> None:
     """Apply one line to ``bucket`` exactly as the ingest applied its event."""
-    steps = kpis.steps_for(line["type"])
+    plan = kpis.plan(line["type"], line["action"])
     if "fix" in line:
-        kpis.correct(bucket, steps, line["action"], line["c"], line["f"])
+        kpis.correct(bucket, plan, line["c"], line["f"])
     else:
-        kpis.apply(bucket, steps, {"action": line["action"], **line["f"]})
+        kpis.apply(bucket, plan, line["f"])
 
 
 def statement(kpis: KpiFolder, lines: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,6 +1,8 @@
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agents.periods import Calendar, zone
 
@@ -38,6 +40,29 @@ def test_month_and_year_boundaries_follow_local_time() -> None:
     calendar = Calendar(("month", "year"))
     keys, _ = calendar.keys_for(ts("2026-12-31T23:30:00Z"), zone("Europe/Berlin"))
     assert keys == ("m:2027-01", "y:2027")
+
+
+# Zones with half- and quarter-hour offsets, a half-hour DST shift (Lord Howe) and DST on
+# both hemispheres: the cache per quarter hour of UTC must not change a single key.
+ODD_ZONES = ("Asia/Kolkata", "Asia/Kathmandu", "Australia/Lord_Howe", "America/St_Johns",
+             "Europe/Berlin", "America/New_York", "Australia/Adelaide", "Pacific/Chatham")
+
+
+@settings(max_examples=300, deadline=None)
+@given(seconds=st.floats(min_value=946_684_800, max_value=4_102_444_000),
+       name=st.sampled_from(ODD_ZONES))
+def test_cached_keys_equal_the_local_time_of_every_instant(seconds: float, name: str) -> None:
+    tz = zone(name)
+    calendar = Calendar(ALL)
+    for offset in (0.0, 899.999, -0.001, 450.0):  # the same quarter hour and its neighbours
+        at = seconds + offset
+        calendar.keys_for(at - 1800, tz)  # warm the cache with another slot
+        keys, day_end = calendar.keys_for(at, tz)
+        local = datetime.fromtimestamp(at, tz)
+        assert keys[0] == f"h:{local.date().isoformat()}T{local.hour:02d}"
+        assert keys[1] == f"d:{local.date().isoformat()}"
+        midnight = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), tz)
+        assert day_end == midnight.timestamp()
 
 
 def test_period_bounds_across_dst_change() -> None:
