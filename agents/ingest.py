@@ -25,7 +25,6 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import orjson
-from aiokafka.partitioner import murmur2
 
 from agents.achievements import AchievementRules, Award
 from agents.kpis import KpiFolder, new_bucket
@@ -33,6 +32,7 @@ from agents.ledger import REASONS, record_key
 from agents.ledger import SOURCE as LEDGER_SOURCE
 from agents.periods import Calendar, zone
 from app.config import PulseConfig
+from app.murmur2 import murmur2
 from schemas.activity import (
     Rejection,
     checked_event,
@@ -180,7 +180,7 @@ class Ingestor:
         self._kpis_of_type: dict[str, frozenset[str]] = {}
 
     def _partition_of(self, key: bytes) -> int:
-        """:func:`partition_of`, remembered (murmur2 is pure Python in aiokafka)."""
+        """:func:`partition_of`, remembered (murmur2 is pure Python)."""
         partition = self._partitions.get(key)
         if partition is None:
             if len(self._partitions) > 200_000:

@@ -21,8 +21,9 @@ from typing import Any
 
 import faust
 import orjson
-from aiokafka.partitioner import murmur2
 from faust.stores.memory import Store as MemoryStore
+
+from app.murmur2 import murmur2
 
 _partition: ContextVar[int | None] = ContextVar("crm_pulse_changelog_partition", default=None)
 _pending: ContextVar[list[Any] | None] = ContextVar("crm_pulse_pending_sends", default=None)
