@@ -130,9 +130,6 @@ class Transport(faust_aiokafka.Transport):
     Consumer = LogEndFetchWaitConsumer
 
 
-LogEndConsumer = LogEndFetchWaitConsumer  # the name this module had before
-
-
 def new_transport(app: Any) -> Transport:
     """What ``faust.App._new_transport`` builds, with this module's transport."""
     return Transport(app.conf.broker_consumer, app)
