@@ -277,7 +277,11 @@ def register_agents(pulse: Pulse) -> None:
     @app.agent(pulse.roster_topic, name="roster-sync")
     async def roster_sync(stream: Any) -> None:
         """Mirror ``crm.roster`` into the roster GlobalTable every worker reads."""
-        await mirror_roster(stream, roster_table, settings.batch_max, settings.batch_within_s)
+        # No wait to fill a batch: roster records are rare, and a profile should be in the
+        # table before the ingest's batch of the same moment is folded ("Roster first" in
+        # docs/reliability.md). The ingest waits batch_within_s; with the same wait here,
+        # events folded first often missed their team at a worker's start.
+        await mirror_roster(stream, roster_table, settings.batch_max, within=0.0)
 
     @app.agent(pulse.activities, name="ingest")
     async def ingest(stream: Any) -> None:

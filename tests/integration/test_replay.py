@@ -165,8 +165,10 @@ def test_replay_rebuilds_state_and_boards_from_a_date(
 def test_bad_from_is_refused(make_settings, monkeypatch, capsys) -> None:
     settings = make_settings()
     ensure_topics(settings)
-    tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
-    code, _, err = replay(monkeypatch, capsys, settings, "--from", tomorrow)
+    # A date without an offset is midnight in the model's timezone: two days ahead of UTC's
+    # date is in the future everywhere (one day is not, from 23:00 UTC on in Berlin).
+    ahead = (datetime.now(UTC) + timedelta(days=2)).date().isoformat()
+    code, _, err = replay(monkeypatch, capsys, settings, "--from", ahead)
     assert code == 1 and "is in the future" in err and "give a past date" in err
     code, _, err = replay(monkeypatch, capsys, settings, "--from", "last tuesday")
     assert code == 1 and "is not an ISO date" in err
