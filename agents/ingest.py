@@ -437,17 +437,10 @@ class Ingestor:
         later offset may carry an earlier timestamp.
         """
         arrival_day = int(record.timestamp // _DAY)
-        values, stored, read = batch.values, batch.stored, batch.read  # _Batch.get, inlined
+        get = batch.get
         suffix = f"|{digest[0]}|{user_id}"
         for day in range(arrival_day - self.horizon_days, arrival_day + 2):
-            key = f"s|{day}{suffix}"  # seen_key(day, digest, user_id)
-            entry = values.get(key)
-            if entry is not None:
-                seen = entry[1]
-            else:
-                seen = stored.get(key, _UNREAD)
-                if seen is _UNREAD:
-                    seen = stored[key] = read(key)
+            seen = get(f"s|{day}{suffix}")  # seen_key(day, digest, user_id)
             if seen is not None:
                 position = seen["ids"].get(digest)
                 if position is not None:
