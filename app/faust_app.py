@@ -14,7 +14,7 @@ import faust
 from app.metrics import PulseMetrics
 from app.serving import ServingLayer
 from app.settings import Settings
-from app.tables import PartitionedGlobalTable, PartitionedTable, lazy_reader
+from app.tables import DiskTable, PartitionedGlobalTable, PartitionedTable, lazy_reader
 from app.transport import new_transport
 
 
@@ -70,6 +70,17 @@ class Pulse:
     """One KPI table value, decoded (the table keeps JSON bytes: app/tables.py)."""
 
 
+def _large_table(app: faust.App, settings: Settings, name: str) -> PartitionedTable:
+    """The KPI or ledger table: values kept as JSON bytes (app/tables.py), in memory or on
+    disk as ``settings.state_store`` says."""
+    options = {"partitions": settings.partitions, "key_type": str, "value_type": bytes}
+    if settings.state_store == "memory":
+        return app.Table(name, **options)
+    table = DiskTable(app, name=name, beacon=app.tables.beacon,
+                      options={"cache_bytes": settings.state_cache_mb * 1024**2}, **options)
+    return app.tables.add(table)
+
+
 def create_app(settings: Settings) -> Pulse:
     """A configured Faust app with the CRM Pulse agents, tables and web views."""
     app = PulseApp(
@@ -115,11 +126,9 @@ def create_app(settings: Settings) -> Pulse:
         roster_topic=app.topic(topics.roster, partitions=settings.partitions, **raw),
         groups=app.topic(topics.groups, partitions=settings.partitions, **raw),
         records=app.topic(topics.records, partitions=settings.partitions, **raw),
-        kpi_table=app.Table("kpi", partitions=settings.partitions, key_type=str,
-                            value_type=bytes),  # JSON kept as bytes: app/tables.py
+        kpi_table=_large_table(app, settings, "kpi"),
         group_table=app.Table("groups", partitions=settings.partitions, key_type=str),
-        ledger_table=app.Table("ledger", partitions=settings.partitions, key_type=str,
-                               value_type=bytes),  # JSON kept as bytes: app/tables.py
+        ledger_table=_large_table(app, settings, "ledger"),
         roster_table=app.GlobalTable(
             "roster",
             partitions=settings.partitions,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,7 +49,13 @@ class Settings(BaseSettings):
     app_id: str = Field("crm-pulse", description="Faust app id = consumer group + table prefix.")
     partitions: int = Field(8, ge=1, description="Partitions for topics created on start.")
     replication: int = Field(1, ge=1, description="Replication factor for created topics.")
-    data_dir: Path = Field(Path(".crm-pulse"), description="Worker data directory.")
+    data_dir: Path = Field(Path(".crm-pulse"), description="Worker data directory (one per "
+                           "worker process).")
+    state_store: Literal["memory", "disk"] = Field(
+        "memory", description="Where the KPI and ledger tables keep their values: 'memory', "
+        "or 'disk' (RocksDB files in data_dir, for large organisations: bounded memory).")
+    state_cache_mb: int = Field(
+        64, ge=8, description="state_store disk: RocksDB block cache per table, in MB.")
     max_body_bytes: int = Field(
         524_288, description="Largest accepted webhook body (below the 1 MB record limit).")
     max_event_bytes: int = Field(65_536, description="Largest accepted single event.")

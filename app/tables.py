@@ -23,6 +23,7 @@ import faust
 import orjson
 from faust.stores.memory import Store as MemoryStore
 
+from app.disk_store import DiskStore, DiskValues
 from app.murmur2 import murmur2
 
 _partition: ContextVar[int | None] = ContextVar("crm_pulse_changelog_partition", default=None)
@@ -76,26 +77,65 @@ class PartitionedGlobalTable(_ExplicitChangelog, faust.GlobalTable):
     ``GlobalTable``): each worker writes its partitions' keys, every worker reads all."""
 
 
+class DiskTable(PartitionedTable):
+    """A :class:`PartitionedTable` whose values live in a :class:`DiskStore`
+    (``state_store: disk``); ``options={"cache_bytes": N}`` sizes its block cache."""
+
+    def _new_store(self) -> DiskStore:
+        return DiskStore("disk://", self.app, self, table_name=self.name,
+                         key_type=self.key_type, key_serializer=self.key_serializer,
+                         value_serializer=self.value_serializer, value_type=self.value_type,
+                         loop=self.loop, options=self.options)
+
+
 # -- the batch path: direct store reads and batched changelog writes ---------------------------
 #
 # The ingest reads thousands of keys and writes thousands of values per batch. Through
 # ``table.get`` a read costs a ``Mapping.get`` → ``__getitem__`` → sensor → ``__missing__``
 # chain (most dedup lookups miss), and through ``table[key] = value`` a write costs a
 # ``FutureMessage``, a trip through Faust's ``ProducerBuffer`` task and one
-# ``AIOKafkaProducer.send`` each. For the in-memory store (``store="memory://"``, the only
-# one this app uses) the same effect is had with the store's own dict and one aiokafka
-# ``send_batch`` per changelog partition and batch; the records are the ones Faust would
-# write (JSON key and value, ``value["p"]`` as partition), so recovery reads them as before.
-# Pinned to faust-streaming 0.15.3 (``tests/app/test_tables.py`` guards the internals).
+# ``AIOKafkaProducer.send`` each. For the memory store and the disk store
+# (``app/disk_store.py``) the same effect is had with the store's own dict or RocksDB
+# (:func:`stored_values`) and one aiokafka ``send_batch`` per changelog partition and batch;
+# the records are the ones Faust would write (JSON key and value, ``value["p"]`` as
+# partition), so recovery reads them as before.
+# Pinned to faust-streaming 0.15.3 (``tests/app/test_transport.py`` guards the internals).
 
 
-def store_dict(table: Any) -> dict[Any, Any] | None:
-    """The memory store's dict behind ``table`` (``None`` for any other store)."""
+class MemoryValues:
+    """The batch path's view of the memory store's dict (``DiskValues`` is the disk
+    store's): ``get``, ``set_many``, ``delete_many``, ``items``."""
+
+    def __init__(self, data: dict[Any, Any]) -> None:
+        self.data = data
+        self.get = data.get
+
+    def set_many(self, values: Mapping[str, Any]) -> None:
+        self.data.update(values)
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self.data.pop(key, None)
+
+    def items(self) -> Iterable[tuple[str, Any]]:
+        return self.data.items()
+
+
+def stored_values(table: Any) -> MemoryValues | DiskValues | None:
+    """The batch path's view of ``table``'s store (``None`` for a store it does not know)."""
     store = table.data
+    if isinstance(store, DiskStore):
+        return store.values_view
     data = getattr(store, "data", None)
     if isinstance(store, MemoryStore) and isinstance(data, dict):
-        return data
+        return MemoryValues(data)
     return None
+
+
+def stored_items(table: Any) -> Iterable[tuple[str, Any]]:
+    """``(key, value as stored)`` of every key of ``table``."""
+    values = stored_values(table)
+    return table.data.items() if values is None else values.items()
 
 
 def holds_bytes(table: Any) -> bool:
@@ -116,8 +156,8 @@ def compact(raw: bytes) -> bytes:
 def reader(table: Any) -> Callable[[Any], Any]:
     """``key -> value or None`` of ``table``, without Faust's per-read bookkeeping
     (values kept as bytes are decoded)."""
-    data = store_dict(table)
-    get = table.get if data is None else data.get
+    values = stored_values(table)
+    get = table.get if values is None else values.get
     if not holds_bytes(table):
         return get
     loads = orjson.loads
@@ -137,7 +177,7 @@ def decoder(table: Any) -> Callable[[Any], Any] | None:
 def decoded_items(table: Any, wanted: Callable[[Any], bool]) -> Iterator[tuple[Any, Any]]:
     """``(key, value)`` of each ``wanted`` key of ``table``, decoded where stored as bytes."""
     decode = decoder(table) or (lambda value: value)
-    return ((key, decode(raw)) for key, raw in table.data.items() if wanted(key))
+    return ((key, decode(raw)) for key, raw in stored_items(table) if wanted(key))
 
 
 def lazy_reader(table: Any) -> Callable[[Any], Any]:
@@ -162,26 +202,28 @@ async def write_values(table: Any, producer: Any,
     Table values must carry their changelog partition as ``p``; a table that
     :func:`holds_bytes` keeps their JSON.
     """
-    data = store_dict(table)
+    values = stored_values(table)
     dumps, as_bytes = orjson.dumps, holds_bytes(table)
-    if data is None:  # not the memory store: Faust's own path
+    if values is None:  # a store the batch path does not know: Faust's own path
         with collecting_sends() as pending:
             for key, value in writes.items():
                 with changelog_partition(value["p"]):
                     table[key] = compact(dumps(value)) if as_bytes else value
         return pending
     by_partition: dict[int, list[tuple[str, Any]]] = {}
+    stored_by_key = {}
     for key, value in writes.items():
-        stored = data[key] = compact(dumps(value)) if as_bytes else value
+        stored = stored_by_key[key] = compact(dumps(value)) if as_bytes else value
         by_partition.setdefault(value["p"], []).append((key, stored))
+    values.set_many(stored_by_key)
     return await _send_batches(table, producer, by_partition,
                                (lambda raw: raw) if as_bytes else dumps)
 
 
 async def delete_values(table: Any, producer: Any, doomed: Iterable[tuple[str, int]]) -> list[Any]:
     """Delete each ``(key, changelog partition)``: a tombstone each; the send futures."""
-    data = store_dict(table)
-    if data is None:
+    values = stored_values(table)
+    if values is None:
         with collecting_sends() as pending:
             for key, partition in doomed:
                 with changelog_partition(partition):
@@ -189,8 +231,8 @@ async def delete_values(table: Any, producer: Any, doomed: Iterable[tuple[str, i
         return pending
     by_partition: dict[int, list[tuple[str, None]]] = {}
     for key, partition in doomed:
-        data.pop(key, None)
         by_partition.setdefault(partition, []).append((key, None))
+    values.delete_many(key for records in by_partition.values() for key, _ in records)
     return await _send_batches(table, producer, by_partition, lambda tombstone: tombstone)
 
 
