@@ -33,6 +33,7 @@ from app.tables import (
     lazy_reader,
     reader,
     send_records,
+    stored_items,
     write_values,
 )
 
@@ -449,7 +450,7 @@ def register_agents(pulse: Pulse) -> None:
         whose days can no longer be corrected."""
         for table, topic in ((kpi_table, pulse.activities), (group_table, pulse.groups),
                              (ledger_table, pulse.records)):
-            doomed = expired_keys(table.data.items(), settings.pulse, time.time(),
+            doomed = expired_keys(stored_items(table), settings.pulse, time.time(),
                                   _active_partitions(pulse, topic), decoder(table))
             if not doomed:
                 continue

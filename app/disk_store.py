@@ -35,6 +35,11 @@ class DataDirInUse(RuntimeError):
     """Another worker process holds this store's directory."""
 
 
+def open_db(path: Path, cache_bytes: int) -> Rdict:
+    """A RocksDB at ``path`` with :func:`_options`."""
+    return Rdict(str(path), _options(cache_bytes))
+
+
 def _options(cache_bytes: int) -> Options:
     """Bloom filters (most dedup reads miss) and a bounded block cache and memtable."""
     options = Options(raw_mode=True)
@@ -60,7 +65,7 @@ class DiskStore(base.SerializedStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = self._take_lock(self.path.with_suffix(".lock"))
         shutil.rmtree(self.path, ignore_errors=True)  # state is rebuilt from the changelog
-        self.db = Rdict(str(self.path), _options(self.options["cache_bytes"]))
+        self.db = open_db(self.path, self.options["cache_bytes"])
         self.values_view = DiskValues(self.db)
 
     @staticmethod
@@ -128,8 +133,7 @@ class DiskStore(base.SerializedStore):
         return self.db.items()
 
     def _size(self) -> int:
-        """An estimate (RocksDB's own): counting would read every key."""
-        return self.db.property_int_value(_ESTIMATED_KEYS) or 0
+        return len(self.values_view)
 
     def _contains(self, key: bytes) -> bool:
         return self.db.get(key) is not None
@@ -166,3 +170,7 @@ class DiskValues:
     def items(self) -> Iterator[tuple[str, bytes]]:
         loads = orjson.loads
         return ((loads(key), value) for key, value in self._db.items())
+
+    def __len__(self) -> int:
+        """An estimate (RocksDB's own): counting would read every key."""
+        return self._db.property_int_value(_ESTIMATED_KEYS) or 0

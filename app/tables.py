@@ -120,6 +120,9 @@ class MemoryValues:
     def items(self) -> Iterable[tuple[str, Any]]:
         return self.data.items()
 
+    def __len__(self) -> int:
+        return len(self.data)
+
 
 def stored_values(table: Any) -> MemoryValues | DiskValues | None:
     """The batch path's view of ``table``'s store (``None`` for a store it does not know)."""

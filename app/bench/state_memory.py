@@ -11,6 +11,10 @@ JSON the changelog carries) and what the dicts add to this process's resident me
 scaled to ``--report-users``. A worker's resident memory is that plus its base (the bench's
 ``rss_mb_peak`` less the state of its run).
 
+``--store disk`` keeps both tables in RocksDB as ``state_store: disk`` does
+(:mod:`app.disk_store`, in a temporary directory): the resident memory is then the block
+caches, memtables and the batch at hand, not the state, and is not scaled.
+
 Not the worker itself: no broker, no Faust, no Redis; events arrive on time and exactly
 once (duplicates do not add state); ledger corrections are not fed back. Not run in CI.
 """
@@ -21,10 +25,12 @@ import argparse
 import gc
 import random
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 
@@ -33,9 +39,10 @@ from agents.ledger import Ledger, pack
 from agents.retention import expired_keys
 from app.bench.events import generate_events, office
 from app.config import load_config
+from app.disk_store import DiskValues, open_db
 from app.settings import DEFAULT_CONFIG
 from app.simulator import hourly_rate
-from app.tables import compact
+from app.tables import MemoryValues, compact
 
 BATCH = 5_000
 PARTITIONS = 4
@@ -45,10 +52,11 @@ def partition_in_bench(key: bytes) -> int:
     return partition_of(key, PARTITIONS)
 
 
-def _rss_mb() -> float:
+def _status_mb(field: str = "VmRSS") -> float:
+    """A memory figure of this process (``VmRSS`` now, ``VmHWM`` its peak), in MB."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -75,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(DEFAULT_CONFIG),
                         help="the KPI model (e.g. one with ledger.enabled: false)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--store", choices=("memory", "disk"), default="memory",
+                        help="where the tables keep their values (as state_store)")
+    parser.add_argument("--cache-mb", type=int, default=64,
+                        help="--store disk: block cache per table (as state_cache_mb)")
     options = parser.parse_args(argv)
 
     config = load_config(options.config)
@@ -83,23 +95,25 @@ def main(argv: list[str] | None = None) -> int:
     ingestor, ledger = Ingestor(config, 65_536, PARTITIONS, infos.get), Ledger()
     per_day = round(sum(hourly_rate(p) for p in people) * options.hours)
     rng = random.Random(options.seed)
-    kpi: dict[str, bytes] = {}  # as the tables keep them: JSON bytes (app/tables.py)
-    records: dict[str, bytes] = {}
+    workdir = tempfile.TemporaryDirectory(prefix="crm-pulse-state-")
+    # as the tables keep them: JSON bytes (app/tables.py)
+    kpi, records = ((MemoryValues({}), MemoryValues({})) if options.store == "memory" else
+                    (DiskValues(open_db(Path(workdir.name, name), options.cache_mb * 1024**2))
+                     for name in ("kpi", "ledger")))
 
-    def reading(table: dict[str, bytes]) -> Callable[[str], dict | None]:
+    def reading(table: MemoryValues | DiskValues) -> Callable[[str], dict | None]:
         def read(key: str) -> dict | None:
             raw = table.get(key)
             return None if raw is None else orjson.loads(raw)
         return read
 
-    def store(table: dict[str, bytes], writes: dict[str, dict]) -> None:
-        for key, value in writes.items():
-            table[key] = compact(orjson.dumps(value))
+    def store(table: MemoryValues | DiskValues, writes: dict[str, dict]) -> None:
+        table.set_many({key: compact(orjson.dumps(value)) for key, value in writes.items()})
 
     offsets: Counter[int] = Counter()
     ledger_offsets: Counter[int] = Counter()
     gc.collect()
-    base_mb = _rss_mb()
+    base_mb = _status_mb()
     started = time.monotonic()
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     print(f"{options.users:,} users, {options.days} days, {per_day:,} events a day "
@@ -128,13 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         now = day_end.timestamp()
         owned = set(range(PARTITIONS))
         for table in (kpi, records):
-            for key, _ in expired_keys(table.items(), config, now, owned, orjson.loads):
-                del table[key]
+            table.delete_many([key for key, _ in expired_keys(table.items(), config, now,
+                                                              owned, orjson.loads)])
         print(f"  day -{age}: {len(kpi):,} KPI keys, {len(records):,} ledger records, "
-              f"RSS +{_rss_mb() - base_mb:,.0f} MB, {time.monotonic() - started:,.0f}s",
+              f"RSS +{_status_mb() - base_mb:,.0f} MB, {time.monotonic() - started:,.0f}s",
               file=sys.stderr)
     gc.collect()
-    state_mb = _rss_mb() - base_mb
+    state_mb = _status_mb() - base_mb
     keys: Counter[str] = Counter()
     json_bytes: Counter[str] = Counter()
     for table in (kpi, records):
@@ -147,8 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{kind:<22}{keys[kind]:>12,}{json_bytes[kind] / 1e6:>14,.1f}")
     print(f"{'all':<22}{sum(keys.values()):>12,}{sum(json_bytes.values()) / 1e6:>14,.1f}")
     scale = options.report_users / options.users
-    print(f"resident memory the tables add: {state_mb:,.0f} MB; for "
-          f"{options.report_users:,} users (x{scale:g}): {state_mb * scale:,.0f} MB")
+    if options.store == "disk":
+        print(f"resident memory the tables add: {state_mb:,.0f} MB (on disk: not scaled); "
+              f"peak RSS of this process {_status_mb('VmHWM'):,.0f} MB")
+    else:
+        print(f"resident memory the tables add: {state_mb:,.0f} MB; for "
+              f"{options.report_users:,} users (x{scale:g}): {state_mb * scale:,.0f} MB")
+    workdir.cleanup()
     return 0
 
 

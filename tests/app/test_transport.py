@@ -20,12 +20,13 @@ from app.faust_app import create_app
 from app.kafka import bootstrap_servers, ensure_topics
 from app.settings import Settings
 from app.tables import (
+    MemoryValues,
     compact,
     decoded_items,
     delete_values,
     holds_bytes,
     reader,
-    store_dict,
+    stored_values,
     write_values,
 )
 from app.transport import FETCH_MAX_WAIT_MS, fetched_highwaters, seek_to_committed_or_start
@@ -65,9 +66,9 @@ def test_changelog_records_are_the_ones_faust_writes() -> None:
                                 serializer=topic.value_serializer) == value
     # The memory store is a dict the reader and writer use directly.
     assert isinstance(table.data, MemoryStore)
-    data = store_dict(table)
-    assert isinstance(data, dict)
-    data[key] = value
+    values = stored_values(table)
+    assert isinstance(values, MemoryValues) and values.data is table.data.data
+    values.set_many({key: value})
     assert reader(table)(key) is value and table.get(key) is value
     assert reader(table)("missing") is None
     assert callable(pulse.app.producer._ensure_producer)
@@ -86,11 +87,11 @@ def test_large_tables_keep_their_values_as_the_json_their_changelog_carries() ->
     raw = orjson.dumps(value)
     assert pulse.app.serializers.loads_value(topic.value_type, raw,
                                              serializer=topic.value_serializer) == raw
-    data = store_dict(table)
-    assert isinstance(data, dict)
-    data["l|opportunity|o-1"] = raw
+    values = stored_values(table)
+    assert isinstance(values, MemoryValues)
+    values.set_many({"l|opportunity|o-1": raw})
     assert reader(table)("l|opportunity|o-1") == value and reader(table)("missing") is None
-    data["l|opportunity|o-2"] = orjson.dumps({"p": 0})
+    values.set_many({"l|opportunity|o-2": orjson.dumps({"p": 0})})
     assert dict(decoded_items(table, lambda key: key.endswith("1"))) == {
         "l|opportunity|o-1": value}
 
@@ -164,9 +165,9 @@ def test_batched_changelog_writes_land_on_their_partitions(make_settings) -> Non
         written = [(k, v) for k, v in writes.items() if v["p"] == partition]
         tombstones = [("u|d:2026-11-23|user3", None)] if partition == 1 else []
         assert records == written + tombstones  # in write order, each on its partition
-    data = store_dict(table)
-    assert data is not None and "u|d:2026-11-23|user3" not in data
-    assert data["u|d:2026-11-23|user4"] is writes["u|d:2026-11-23|user4"]
+    values = stored_values(table)
+    assert values is not None and values.get("u|d:2026-11-23|user3") is None
+    assert values.get("u|d:2026-11-23|user4") is writes["u|d:2026-11-23|user4"]
 
 
 @pytest.mark.integration
