@@ -41,11 +41,15 @@ def open_db(path: Path, cache_bytes: int) -> Rdict:
 
 
 def _options(cache_bytes: int) -> Options:
-    """Bloom filters (most dedup reads miss) and a bounded block cache and memtable."""
+    """Bloom filters (most dedup reads miss); memory bounded by the block cache, which also
+    holds the index and filter blocks (by default these stay outside it and grow with the
+    files), and two memtables."""
     options = Options(raw_mode=True)
     options.create_if_missing(True)
     table = BlockBasedOptions()
     table.set_block_cache(Cache(cache_bytes))
+    table.set_cache_index_and_filter_blocks(True)
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
     table.set_bloom_filter(10, False)
     options.set_block_based_table_factory(table)
     options.set_write_buffer_size(max(4 * 1024**2, cache_bytes // 4))

@@ -35,8 +35,8 @@ def test_the_large_tables_use_it_and_the_small_ones_stay_in_memory(tmp_path: Pat
         assert isinstance(table, DiskTable) and isinstance(table.data, DiskStore)
         assert table.data.path.parent == tmp_path / pulse.settings.app_id
     assert not isinstance(pulse.group_table.data, DiskStore)
-    assert not isinstance(create_app(Settings(kafka="kafka://127.0.0.1:1")).kpi_table.data,
-                          DiskStore)
+    in_memory = create_app(Settings(kafka="kafka://127.0.0.1:1", state_store="memory"))
+    assert not isinstance(in_memory.kpi_table.data, DiskStore)
 
 
 def test_batch_writes_recovery_and_deletes_read_back_alike(tmp_path: Path) -> None:

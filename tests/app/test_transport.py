@@ -78,7 +78,7 @@ def test_changelog_records_are_the_ones_faust_writes() -> None:
 def test_large_tables_keep_their_values_as_the_json_their_changelog_carries() -> None:
     """``value_type=bytes`` tables (KPI, ledger): the store holds the changelog's JSON bytes
     (as Faust's recovery restores them), readers get dicts."""
-    pulse = create_app(Settings(kafka="kafka://127.0.0.1:1"))
+    pulse = create_app(Settings(kafka="kafka://127.0.0.1:1", state_store="memory"))
     table = pulse.ledger_table
     assert holds_bytes(table) and holds_bytes(pulse.kpi_table)
     assert not holds_bytes(pulse.group_table)
