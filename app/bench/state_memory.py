@@ -45,6 +45,7 @@ from app.simulator import hourly_rate
 from app.tables import MemoryValues, compact
 
 BATCH = 5_000
+SLICE = 20_000
 PARTITIONS = 4
 
 
@@ -120,25 +121,28 @@ def main(argv: list[str] | None = None) -> int:
           f"({per_day * options.days:,} in all)", file=sys.stderr)
     for age in range(options.days - 1, -1, -1):
         day_end = today - timedelta(days=age) + timedelta(hours=23, minutes=59)
-        events = generate_events(rng, per_day, people, day_end, f"mem{age}")
-        for start in range(0, len(events), BATCH):
-            batch = []
-            for event in events[start:start + BATCH]:
-                key = event["user_id"].encode()
-                partition = partition_of(key, PARTITIONS)
-                arrival = datetime.fromisoformat(event["occurred_at"]).timestamp() + 1.0
-                batch.append(Record("crm.activities", partition, offsets[partition], arrival,
-                                    key, orjson.dumps(event)))
-                offsets[partition] += 1
-            result = ingestor.fold(batch, reading(kpi), private_reads=True)
-            store(kpi, result.writes)
-            messages = []
-            for record_key, value in pack(result.records, partition_in_bench):
-                partition = partition_of(record_key, PARTITIONS)
-                messages.append((partition, ledger_offsets[partition], value))
-                ledger_offsets[partition] += 1
-            store(records, ledger.fold(messages, reading(records)).writes)
-        del events
+        # A day's events in slices (each spread over the day): a whole day of 10,000
+        # people is half a million dicts, which would dwarf a disk store's memory.
+        for first in range(0, per_day, SLICE):
+            events = generate_events(rng, min(SLICE, per_day - first), people, day_end,
+                                     f"mem{age}-{first}")
+            for start in range(0, len(events), BATCH):
+                batch = []
+                for event in events[start:start + BATCH]:
+                    key = event["user_id"].encode()
+                    partition = partition_of(key, PARTITIONS)
+                    arrival = datetime.fromisoformat(event["occurred_at"]).timestamp() + 1.0
+                    batch.append(Record("crm.activities", partition, offsets[partition],
+                                        arrival, key, orjson.dumps(event)))
+                    offsets[partition] += 1
+                result = ingestor.fold(batch, reading(kpi), private_reads=True)
+                store(kpi, result.writes)
+                messages = []
+                for record_key, value in pack(result.records, partition_in_bench):
+                    partition = partition_of(record_key, PARTITIONS)
+                    messages.append((partition, ledger_offsets[partition], value))
+                    ledger_offsets[partition] += 1
+                store(records, ledger.fold(messages, reading(records)).writes)
         now = day_end.timestamp()
         owned = set(range(PARTITIONS))
         for table in (kpi, records):
