@@ -55,7 +55,7 @@ class Settings(BaseSettings):
         "memory", description="Where the KPI and ledger tables keep their values: 'memory', "
         "or 'disk' (RocksDB files in data_dir, for large organisations: bounded memory).")
     state_cache_mb: int = Field(
-        64, ge=8, description="state_store disk: RocksDB block cache per table, in MB.")
+        32, ge=8, description="state_store disk: RocksDB block cache per table, in MB.")
     max_body_bytes: int = Field(
         524_288, description="Largest accepted webhook body (below the 1 MB record limit).")
     max_event_bytes: int = Field(65_536, description="Largest accepted single event.")

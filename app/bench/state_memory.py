@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--store", choices=("memory", "disk"), default="memory",
                         help="where the tables keep their values (as state_store)")
-    parser.add_argument("--cache-mb", type=int, default=64,
+    parser.add_argument("--cache-mb", type=int, default=32,
                         help="--store disk: block cache per table (as state_cache_mb)")
     options = parser.parse_args(argv)
 

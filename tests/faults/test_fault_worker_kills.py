@@ -84,13 +84,15 @@ def poison(now: datetime, faults) -> list:
             faults.Delivery(b"rep-01", orjson.dumps(broken), now, None)]
 
 
-def test_sigkill_at_random_points_is_exact(make_settings, faults, wait, tmp_path) -> None:
+@pytest.mark.parametrize("state_store", ["memory", "disk"])
+def test_sigkill_at_random_points_is_exact(make_settings, faults, wait, tmp_path,
+                                           state_store) -> None:
     rng = random.Random(20261123)
     tz = faults.daytime_zone()
     today = faults.today(tz)
     config = faults.config(tz, ACHIEVEMENTS)
     settings = make_settings(config=config, session_timeout_s=6, close_interval_s=1,
-                             batch_max=1000)
+                             batch_max=1000, state_store=state_store)
     quiet = settings_with(settings, close_interval_s=3600)  # first worker: no period review
     second = settings_with(settings, web_port=free_port(), data_dir=tmp_path / "second")
     clean = settings_with(quiet, app_id=settings.app_id + "-clean", web_port=free_port(),

@@ -52,11 +52,13 @@ def awards(settings) -> list[dict]:
     return [orjson.loads(r.value) for r in read_topic(settings, settings.topics.achievements)]
 
 
-def test_sigkill_restart_yields_exactly_the_uninterrupted_tables(make_settings, worker_factory):
+@pytest.mark.parametrize("state_store", ["memory", "disk"])
+def test_sigkill_restart_yields_exactly_the_uninterrupted_tables(make_settings, worker_factory,
+                                                                  state_store):
     rng = random.Random(20261123)
     now = datetime.now(UTC).astimezone(ZoneInfo("Europe/Berlin"))  # config default
     events = office_stream(rng, now, 24_000)
-    settings = make_settings(session_timeout_s=6)
+    settings = make_settings(session_timeout_s=6, state_store=state_store)
     records = [(e["user_id"].encode(), orjson.dumps(e)) for e in events]
     records.insert(500, (b"user-01", b"\x00 poison"))
     ensure_topics(settings)
