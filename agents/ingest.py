@@ -32,7 +32,7 @@ from agents.ledger import REASONS, record_key
 from agents.ledger import SOURCE as LEDGER_SOURCE
 from agents.periods import Calendar, zone
 from app.config import PulseConfig
-from app.murmur2 import murmur2
+from app.murmur2 import partition_of
 from schemas.activity import (
     Rejection,
     checked_event,
@@ -121,11 +121,6 @@ def statement_key(day_key: str, hour: int, user_id: str) -> str:
 
 def seen_key(arrival_day: int, digest: str, user_id: str) -> str:
     return f"s|{arrival_day}|{digest[0]}|{user_id}"
-
-
-def partition_of(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner (murmur2) gives ``key``."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def event_digest(event_id: str) -> str:

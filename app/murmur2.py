@@ -1,4 +1,4 @@
-"""Kafka's default partitioner hash (murmur2), four bytes at a time.
+"""Kafka's default partitioner: its hash (murmur2, four bytes at a time) and the partition.
 
 The same function as ``aiokafka.partitioner.murmur2`` (the Java client's
 ``Utils.murmur2``), which reads the key byte by byte with a mask per step: the ingest and
@@ -34,3 +34,8 @@ def murmur2(data: bytes) -> int:
         h = ((h ^ data[base]) * _M) & _MASK
     h = ((h ^ (h >> 13)) * _M) & _MASK
     return h ^ (h >> 15)
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2) gives ``key``."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions

@@ -24,7 +24,7 @@ import orjson
 from faust.stores.memory import Store as MemoryStore
 
 from app.disk_store import DiskStore, DiskValues
-from app.murmur2 import murmur2
+from app.murmur2 import partition_of
 
 _partition: ContextVar[int | None] = ContextVar("crm_pulse_changelog_partition", default=None)
 _pending: ContextVar[list[Any] | None] = ContextVar("crm_pulse_pending_sends", default=None)
@@ -269,7 +269,7 @@ async def send_records(producer: Any, topic: str,
     partitions = sorted(await client.partitions_for(topic))
     by_partition: dict[int, list[tuple[bytes, bytes, int | None]]] = {}
     for key, value, timestamp in records:
-        partition = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+        partition = partitions[partition_of(key, len(partitions))]
         by_partition.setdefault(partition, []).append(
             (key, value, None if timestamp is None else int(timestamp * 1000)))
     futures = []
