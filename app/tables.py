@@ -233,9 +233,11 @@ async def delete_values(table: Any, producer: Any, doomed: Iterable[tuple[str, i
                     table.pop(key, None)
         return pending
     by_partition: dict[int, list[tuple[str, None]]] = {}
+    keys = []
     for key, partition in doomed:
+        keys.append(key)
         by_partition.setdefault(partition, []).append((key, None))
-    values.delete_many(key for records in by_partition.values() for key, _ in records)
+    values.delete_many(keys)
     return await _send_batches(table, producer, by_partition, lambda tombstone: tombstone)
 
 
